@@ -1,0 +1,221 @@
+"""Public convolution functions: validate and normalise, then call a strategy's primitive.
+
+Each function is two hops from its kernel: ``conv2d`` -> ``Strategy.forward``
+(e.g. :func:`fastconv.kernels.direct.forward`) -> the ``@njit`` kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ._dispatch import resolve
+from ._params import (
+    X_LAYOUT,
+    as_array,
+    check_shape,
+    compute_dtype,
+    conv_geometry,
+    conv_padding,
+    int_pair,
+    prepare,
+    shape_of,
+    transposed_geometry,
+    window_out_hw,
+)
+from .kernels.common import crop_nchw, pad_nchw
+from .kernels.im2col import col2im_kernel, im2col_kernel
+
+IntOrPair = Union[int, tuple[int, int]]
+PadArg = Union[int, tuple[int, int], tuple[tuple[int, int], tuple[int, int]], str]
+
+W_LAYOUT = "(M, C // groups, KH, KW)"
+WT_LAYOUT = "(C, M // groups, KH, KW)"
+
+
+def _bias(bias: Any, m: int) -> np.ndarray | None:
+    if bias is None:
+        return None
+    b = as_array("bias", bias, 1, "(M,)")
+    check_shape("bias", b, (m,), "one value per output channel M")
+    return b
+
+
+def conv2d(
+    x: ArrayLike,
+    w: ArrayLike,
+    stride: IntOrPair = 1,
+    pad: PadArg = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    *,
+    bias: ArrayLike | None = None,
+    strategy: str = "auto",
+) -> np.ndarray:
+    """2-D cross-correlation of NCHW ``x`` with ``w``, exactly as ``torch.nn.functional.conv2d``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    w : array_like, shape (M, C // groups, KH, KW)
+    stride, dilation : int or (int, int), each >= 1
+    pad : int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
+    groups : int, dividing C and M
+    bias : array_like, shape (M,), optional
+    strategy : "auto" or a name in ``fastconv.STRATEGIES``
+
+    Returns
+    -------
+    y : ndarray, shape (N, M, OH, OW), with
+        ``OH = (H + pad_top + pad_bottom - dilation_h*(KH-1) - 1) // stride_h + 1``.
+    """
+    xa = as_array("x", x, 4, X_LAYOUT)
+    wa = as_array("w", w, 4, W_LAYOUT)
+    geom, out_shape = conv_geometry(xa.shape, wa.shape, stride, pad, dilation, groups)
+    b = _bias(bias, wa.shape[0])
+    dtype = compute_dtype(xa, wa, b)
+    strat = resolve(strategy, "conv2d", xa.shape, wa.shape, geom, dtype)
+    y = strat.forward(prepare(xa, dtype), prepare(wa, dtype), geom, out_shape[2:])
+    if b is not None:
+        y += b.astype(dtype)[None, :, None, None]
+    return y
+
+
+def conv2d_backward(
+    dy: ArrayLike,
+    x: ArrayLike,
+    w: ArrayLike,
+    stride: IntOrPair = 1,
+    pad: PadArg = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    *,
+    strategy: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients ``(dx, dw, db)`` of ``sum(dy * conv2d(x, w, ..., bias=b))``.
+
+    ``dy`` has conv2d's output shape (N, M, OH, OW); ``db`` is ``dy`` summed over N, OH, OW.
+    """
+    xa = as_array("x", x, 4, X_LAYOUT)
+    wa = as_array("w", w, 4, W_LAYOUT)
+    geom, out_shape = conv_geometry(xa.shape, wa.shape, stride, pad, dilation, groups)
+    dya = as_array("dy", dy, 4, "(N, M, OH, OW)")
+    check_shape("dy", dya, out_shape, "the shape of conv2d's output")
+    dtype = compute_dtype(dya, xa, wa)
+    strat = resolve(strategy, "conv2d_backward", xa.shape, wa.shape, geom, dtype)
+    dyc, xc, wc = prepare(dya, dtype), prepare(xa, dtype), prepare(wa, dtype)
+    dx = strat.backward_data(dyc, wc, geom, xa.shape[2:])
+    dw = strat.backward_filter(dyc, xc, geom, wa.shape[2:])
+    return dx, dw, dyc.sum(axis=(0, 2, 3))
+
+
+def conv_transpose2d(
+    x: ArrayLike,
+    w: ArrayLike,
+    stride: IntOrPair = 1,
+    pad: PadArg = 0,
+    output_pad: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    *,
+    bias: ArrayLike | None = None,
+    strategy: str = "auto",
+) -> np.ndarray:
+    """Transposed convolution, exactly as ``torch.nn.functional.conv_transpose2d``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    w : array_like, shape (C, M // groups, KH, KW)
+    output_pad : int or (int, int), each < max(stride, dilation) on its axis
+
+    Returns
+    -------
+    y : ndarray, shape (N, M, OH, OW), with
+        ``OH = (H - 1)*stride_h - pad_top - pad_bottom + dilation_h*(KH-1) + output_pad_h + 1``.
+        ``pad="same"`` gives ``OH = H * stride_h``.
+    """
+    xa = as_array("x", x, 4, X_LAYOUT)
+    wa = as_array("w", w, 4, WT_LAYOUT)
+    geom, out_shape = transposed_geometry(xa.shape, wa.shape, stride, pad, output_pad, dilation, groups)
+    b = _bias(bias, out_shape[1])
+    dtype = compute_dtype(xa, wa, b)
+    strat = resolve(strategy, "conv_transpose2d", xa.shape, wa.shape, geom, dtype)
+    y = strat.backward_data(prepare(xa, dtype), prepare(wa, dtype), geom, out_shape[2:])
+    if b is not None:
+        y += b.astype(dtype)[None, :, None, None]
+    return y
+
+
+def conv_transpose2d_backward(
+    dy: ArrayLike,
+    x: ArrayLike,
+    w: ArrayLike,
+    stride: IntOrPair = 1,
+    pad: PadArg = 0,
+    output_pad: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    *,
+    strategy: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients ``(dx, dw, db)`` of ``sum(dy * conv_transpose2d(x, w, ..., bias=b))``."""
+    xa = as_array("x", x, 4, X_LAYOUT)
+    wa = as_array("w", w, 4, WT_LAYOUT)
+    geom, out_shape = transposed_geometry(xa.shape, wa.shape, stride, pad, output_pad, dilation, groups)
+    dya = as_array("dy", dy, 4, "(N, M, OH, OW)")
+    check_shape("dy", dya, out_shape, "the shape of conv_transpose2d's output")
+    dtype = compute_dtype(dya, xa, wa)
+    strat = resolve(strategy, "conv_transpose2d_backward", xa.shape, wa.shape, geom, dtype)
+    dyc, xc, wc = prepare(dya, dtype), prepare(xa, dtype), prepare(wa, dtype)
+    # conv_transpose2d is conv2d's backward_data, so its gradients are conv2d's other two primitives.
+    dx = strat.forward(dyc, wc, geom, xa.shape[2:])
+    dw = strat.backward_filter(xc, dyc, geom, wa.shape[2:])
+    return dx, dw, dyc.sum(axis=(0, 2, 3))
+
+
+def _im2col_geometry(x_shape, size, stride, pad, dilation):
+    k = int_pair("size", size, 1)
+    s = int_pair("stride", stride, 1)
+    d = int_pair("dilation", dilation, 1)
+    if any(v == 0 for v in x_shape[1:]):
+        raise ValueError(f"x must have non-zero channel and spatial sizes {X_LAYOUT}; got shape {tuple(x_shape)}")
+    pads = conv_padding(pad, tuple(x_shape[2:]), k, s, d)
+    return k, s, d, pads, window_out_hw("size", x_shape, k, s, d, pads, pad)
+
+
+def im2col(
+    x: ArrayLike, size: IntOrPair, stride: IntOrPair = 1, pad: PadArg = 0, dilation: IntOrPair = 1
+) -> np.ndarray:
+    """Unfold every window of ``x`` into a row: the classic textbook column matrix.
+
+    Returns ``cols`` of shape (N*OH*OW, C*KH*KW) with
+    ``cols[(n*OH + oh)*OW + ow, (c*KH + kh)*KW + kw] = x_padded[n, c, oh*sh + kh*dh, ow*sw + kw*dw]``.
+    """
+    xa = as_array("x", x, 4, X_LAYOUT)
+    (kh, kw), (sh, sw), (dh, dw), pads, (oh, ow) = _im2col_geometry(xa.shape, size, stride, pad, dilation)
+    dtype = compute_dtype(xa)
+    xp = pad_nchw(prepare(xa, dtype), pads)
+    return im2col_kernel(xp, kh, kw, sh, sw, dh, dw, oh, ow)
+
+
+def col2im(
+    cols: ArrayLike,
+    x_shape: tuple[int, int, int, int],
+    size: IntOrPair,
+    stride: IntOrPair = 1,
+    pad: PadArg = 0,
+    dilation: IntOrPair = 1,
+) -> np.ndarray:
+    """The adjoint of :func:`im2col`: add every column entry back onto its pixel of an ``x_shape`` array."""
+    shape = shape_of("x_shape", x_shape, 4, X_LAYOUT)
+    (kh, kw), (sh, sw), (dh, dw), pads, (oh, ow) = _im2col_geometry(shape, size, stride, pad, dilation)
+    n, c, h, wd = shape
+    ca = as_array("cols", cols, 2, "(N*OH*OW, C*KH*KW)")
+    check_shape("cols", ca, (n * oh * ow, c * kh * kw), f"im2col's output for x_shape={shape}")
+    dtype = compute_dtype(ca)
+    pt, pb, pl, pr = pads
+    xp = col2im_kernel(prepare(ca, dtype), n, c, h + pt + pb, wd + pl + pr, kh, kw, sh, sw, dh, dw, oh, ow)
+    return crop_nchw(xp, pads, (h, wd))
