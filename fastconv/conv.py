@@ -6,7 +6,7 @@ Each function is two hops from its kernel: ``conv2d`` -> ``Strategy.forward``
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -28,8 +28,8 @@ from ._params import (
 from .kernels.common import crop_nchw, pad_nchw
 from .kernels.im2col import col2im_kernel, im2col_kernel
 
-IntOrPair = Union[int, tuple[int, int]]
-PadArg = Union[int, tuple[int, int], tuple[tuple[int, int], tuple[int, int]], str]
+IntOrPair = int | tuple[int, int]
+PadArg = int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] | str
 
 W_LAYOUT = "(M, C // groups, KH, KW)"
 WT_LAYOUT = "(C, M // groups, KH, KW)"
