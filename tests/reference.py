@@ -51,7 +51,7 @@ def _conv_pads(pad, hw, khw, stride, dilation):
             return (0, 0), (0, 0)
         assert pad == "same", pad
         out = []
-        for length, k, s, d in zip(hw, khw, stride, dilation):
+        for length, k, s, d in zip(hw, khw, stride, dilation, strict=True):
             total = _same_total(length, k, s, d)
             out.append((total // 2, total - total // 2))
         return tuple(out)
@@ -71,7 +71,7 @@ def _convt_geometry(pad, output_pad, hw, khw, stride, dilation):
     """Transposed-conv pads ((t, b), (l, r)), output_pad (oph, opw) and output size (OH, OW)."""
     if isinstance(pad, str) and pad == "same":
         pads, ops = [], []
-        for length, k, s, d in zip(hw, khw, stride, dilation):
+        for length, k, s, d in zip(hw, khw, stride, dilation, strict=True):
             total = max(d * (k - 1) + 1 - s, 0)
             pads.append((total // 2, total - total // 2))
             ops.append(length * s - ((length - 1) * s - total + d * (k - 1) + 1))
@@ -81,7 +81,7 @@ def _convt_geometry(pad, output_pad, hw, khw, stride, dilation):
         ops = _pair(output_pad)
     out = tuple(
         (length - 1) * s - p[0] - p[1] + d * (k - 1) + op + 1
-        for length, k, s, d, p, op in zip(hw, khw, stride, dilation, pads, ops)
+        for length, k, s, d, p, op in zip(hw, khw, stride, dilation, pads, ops, strict=True)
     )
     return pads, ops, out
 
@@ -307,6 +307,7 @@ def _avg_windows(shape, size, stride, pad, ceil_mode, count_include_pad, divisor
 
 
 def _pool_out_hw(shape, size, stride, pad, ceil_mode):
+    """Average-pool output size (OH, OW)."""
     (kh, kw), (sh, sw) = _pool_args(size, stride)
     ph, pw = _pair(pad)
     return _pool_out(shape[2], kh, sh, ph, 1, ceil_mode), _pool_out(shape[3], kw, sw, pw, 1, ceil_mode)
