@@ -317,7 +317,7 @@ def avg_pool2d(x, size, stride=None, pad=0, *, ceil_mode=False, count_include_pa
     """PyTorch avg_pool2d (CPU kernel window clipping and divisor rules)."""
     x = np.asarray(x, dtype=np.float64)
     n, c = x.shape[:2]
-    y = np.zeros((n, c) + _pool_out_hw(x.shape, size, stride, pad, ceil_mode))
+    y = np.zeros((n, c, *_pool_out_hw(x.shape, size, stride, pad, ceil_mode)))
     for oh, ow, hs, ws, divisor in _avg_windows(
         x.shape, size, stride, pad, ceil_mode, count_include_pad, divisor_override
     ):
