@@ -161,7 +161,8 @@ def as_array(name: str, value: Any, ndim: int | None = None, layout: str = "") -
             arr = np.asarray(value)
         except (ValueError, TypeError) as exc:
             raise TypeError(f"{name} must be an array-like of numbers; got {type(value).__name__} ({exc})") from None
-    if arr.dtype.kind not in "biuf" or arr.dtype not in _FLOAT_OUT and arr.dtype.kind == "f":
+    # byte order does not matter (a big-endian float64 is a float64): compare the native-order dtype
+    if arr.dtype.kind not in "biuf" or arr.dtype.kind == "f" and arr.dtype.newbyteorder("=") not in _FLOAT_OUT:
         raise TypeError(
             f"{name} must have a bool, integer, float16, float32 or float64 dtype; got dtype {arr.dtype}"
         )
@@ -172,7 +173,7 @@ def as_array(name: str, value: Any, ndim: int | None = None, layout: str = "") -
 
 def compute_dtype(*arrays: np.ndarray | None) -> np.dtype:
     """NumPy promotion, then: integers and bools compute in float64, float16 in float32."""
-    dt = np.result_type(*[a.dtype for a in arrays if a is not None])
+    dt = np.result_type(*[a.dtype for a in arrays if a is not None]).newbyteorder("=")
     if dt.kind in "biu":
         return np.dtype(np.float64)
     return _FLOAT_OUT[dt]
