@@ -46,6 +46,13 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
 
 
+def _scalar0d(value: Any) -> Any:
+    """A 0-d array as its scalar (so ``np.array(2)`` is treated like ``2``, not as a sequence)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value[()]
+    return value
+
+
 def as_int(name: str, value: Any, minimum: int) -> int:
     """``value`` as a Python int >= ``minimum`` (bools are not ints here)."""
     if not _is_int(value):
@@ -58,8 +65,9 @@ def as_int(name: str, value: Any, minimum: int) -> int:
 def int_pair(name: str, value: Any, minimum: int) -> Pair:
     """An int or a pair ``(h, w)`` of ints, each >= ``minimum``, as a pair."""
     what = f"an int or a pair (h, w) of ints >= {minimum}"
+    value = _scalar0d(value)
     if isinstance(value, (tuple, list, np.ndarray)):
-        items = list(value)
+        items = [_scalar0d(v) for v in value]
         if len(items) != 2:
             raise ValueError(f"{name} must be {what}; got {value!r}")
     else:
@@ -113,6 +121,7 @@ def conv_padding(pad: Any, in_hw: Pair, k_hw: Pair, stride: Pair, dilation: Pair
         "an int >= 0, a pair (ph, pw), a pair of pairs ((top, bottom), (left, right)), "
         f"or one of {PAD_WORDS!r}"
     )
+    pad = _scalar0d(pad)
     if isinstance(pad, str):
         word = pad.lower()
         if word == "valid":
@@ -125,11 +134,11 @@ def conv_padding(pad: Any, in_hw: Pair, k_hw: Pair, stride: Pair, dilation: Pair
             return tuple(out)  # type: ignore[return-value]
         raise ValueError(f"{name} must be {what}; got the unknown word {pad!r}")
     if isinstance(pad, (tuple, list, np.ndarray)):
-        items = list(pad)
+        items = [_scalar0d(i) for i in pad]
         if len(items) != 2:
             raise ValueError(f"{name} must be {what}; got {pad!r}")
         if all(isinstance(i, (tuple, list, np.ndarray)) for i in items):
-            flat = [v for i in items for v in list(i)]
+            flat = [_scalar0d(v) for i in items for v in list(i)]
             if any(len(list(i)) != 2 for i in items):
                 raise ValueError(f"{name} must be {what}; got {pad!r}")
         elif any(isinstance(i, (tuple, list, np.ndarray)) for i in items):
@@ -306,6 +315,7 @@ def transposed_geometry(
                 f"output_pad must be smaller than max(stride, dilation) on each axis = "
                 f"({max(stride_p[0], dil_p[0])}, {max(stride_p[1], dil_p[1])}); got output_pad={output_pad!r}"
             )
+    pad = _scalar0d(pad)
     if isinstance(pad, str) and pad.lower() == "same":
         if opad != (0, 0):
             raise ValueError(f"output_pad must be 0 with pad='same' (the output is input * stride); got {output_pad!r}")
