@@ -19,6 +19,14 @@ Pad4 = tuple[int, int, int, int]  # (top, bottom, left, right)
 
 PAD_WORDS = ("valid", "same")
 
+#: Largest int accepted for any size, stride, pad, dilation or group count.  Every such value reaches the
+#: kernels as a 64-bit int, and this bound leaves headroom so a sum of two of them cannot overflow.
+MAX_INT = 2**62
+
+#: Largest element count of a float64 array NumPy can describe (its own limit: size * itemsize must fit an
+#: intp, with zero-length axes counted as 1).  A result or scratch array past it is rejected by name.
+MAX_ELEMENTS = np.iinfo(np.intp).max // 8
+
 
 class ConvGeometry(NamedTuple):
     """Normalised convolution parameters, as kernels receive them."""
@@ -57,8 +65,8 @@ def as_int(name: str, value: Any, minimum: int) -> int:
     """``value`` as a Python int >= ``minimum`` (bools are not ints here)."""
     if not _is_int(value):
         raise TypeError(f"{name} must be an int >= {minimum}; got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+    if value < minimum or value > MAX_INT:
+        raise ValueError(f"{name} must be an int >= {minimum} (and <= 2**62); got {value!r}")
     return int(value)
 
 
@@ -75,8 +83,8 @@ def int_pair(name: str, value: Any, minimum: int) -> Pair:
     for item in items:
         if not _is_int(item):
             raise TypeError(f"{name} must be {what}; got {value!r}")
-        if item < minimum:
-            raise ValueError(f"{name} must be {what}; got {value!r}")
+        if item < minimum or item > MAX_INT:
+            raise ValueError(f"{name} must be {what} (and <= 2**62); got {value!r}")
     return int(items[0]), int(items[1])
 
 
@@ -152,6 +160,8 @@ def conv_padding(pad: Any, in_hw: Pair, k_hw: Pair, stride: Pair, dilation: Pair
             raise TypeError(f"{name} must be {what}; got {pad!r}")
         if v < 0:
             raise ValueError(f"{name} must be {what} (no negative padding); got {pad!r}")
+        if v > MAX_INT:
+            raise ValueError(f"{name} must be {what} (each <= 2**62); got {pad!r}")
     return tuple(int(v) for v in flat)  # type: ignore[return-value]
 
 
@@ -207,9 +217,21 @@ def shape_of(name: str, value: Any, ndim: int, layout: str) -> tuple[int, ...]:
     shape = tuple(int(v) for v in value)
     if len(shape) != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array {layout} or its shape; got shape {shape}")
-    if any(v < 0 for v in shape):
-        raise ValueError(f"{name} must be a shape of non-negative ints; got {shape}")
+    if any(v < 0 or v > MAX_INT for v in shape):
+        raise ValueError(f"{name} must be a shape of non-negative ints (each <= 2**62); got {shape}")
     return shape
+
+
+def check_array_size(what: str, shape: tuple[int, ...], cause: str) -> None:
+    """Raise ValueError naming ``cause`` if an array of ``shape`` is larger than any array NumPy can describe."""
+    elements = 1
+    for v in shape:
+        elements *= max(int(v), 1)
+    if elements > MAX_ELEMENTS:
+        raise ValueError(
+            f"{cause} would make {what} of shape {tuple(shape)}, larger than any array can be "
+            f"(more than 2**63 bytes)"
+        )
 
 
 def check_shape(name: str, arr: np.ndarray, expected: tuple[int, ...], why: str) -> None:
@@ -244,6 +266,8 @@ def window_out_hw(
                 f"(kernel {k_hw}, x shape {tuple(x_shape)}, pad={pad_arg!r}, dilation={dilation})"
             )
         out.append(out_size(length, k, stride[ax], dilation[ax], before, after))
+    padded = (x_shape[0], x_shape[1], x_shape[2] + pads[0] + pads[1], x_shape[3] + pads[2] + pads[3])
+    check_array_size("the padded input", padded, f"pad={pad_arg!r} with x of shape {tuple(x_shape)}")
     return out[0], out[1]
 
 
@@ -275,6 +299,7 @@ def conv_geometry(
         )
     pads = conv_padding(pad, (h, wd), (kh, kw), stride_p, dil_p)
     oh, ow = window_out_hw("w", x_shape, (kh, kw), stride_p, dil_p, pads, pad)
+    check_array_size("the output", (n, m, oh, ow), f"x of shape {tuple(x_shape)} with w of shape {tuple(w_shape)}")
     return ConvGeometry(stride_p, pads, dil_p, g), (n, m, oh, ow)
 
 
@@ -341,6 +366,9 @@ def transposed_geometry(
                 f"(x shape {x_shape}, w shape {w_shape}); it must be >= 1"
             )
         out.append(o)
+    cause = f"stride={stride!r}, pad={pad!r}, output_pad={output_pad!r}, dilation={dilation!r}"
+    padded = (n, mg * g, out[0] + pads_t[0] + pads_t[1], out[1] + pads_t[2] + pads_t[3])
+    check_array_size("the (padded) output", padded, f"{cause} with x of shape {tuple(x_shape)}")
     return ConvGeometry(stride_p, pads_t, dil_p, g), (n, mg * g, out[0], out[1])
 
 

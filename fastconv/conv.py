@@ -15,6 +15,7 @@ from ._dispatch import resolve
 from ._params import (
     X_LAYOUT,
     as_array,
+    check_array_size,
     check_shape,
     compute_dtype,
     conv_geometry,
@@ -196,6 +197,8 @@ def im2col(
     """
     xa = as_array("x", x, 4, X_LAYOUT)
     (kh, kw), (sh, sw), (dh, dw), pads, (oh, ow) = _im2col_geometry(xa.shape, size, stride, pad, dilation)
+    n, c = xa.shape[:2]
+    check_array_size("cols", (n * oh * ow, c * kh * kw), f"size={size!r}, pad={pad!r} with x of shape {xa.shape}")
     dtype = compute_dtype(xa)
     xp = pad_nchw(prepare(xa, dtype), pads)
     return im2col_kernel(xp, kh, kw, sh, sw, dh, dw, oh, ow)
