@@ -1,0 +1,31 @@
+"""Smoke test of ``python -m fastconv bench`` (fastconv.bench.main): one small layer, one round.
+
+Speed is never asserted here (that is the benchmarks' job); only that the command runs and
+prints the table row of the layer it was asked for.
+"""
+
+from __future__ import annotations
+
+import re
+
+import fastconv
+from fastconv import bench
+
+
+def test_bench_main_prints_the_layer_row(capsys):
+    threads = fastconv.get_num_threads()
+    rc = bench.main(["--layers", "lenet1", "--ops", "fwd", "--strategies", "auto", "--repeat", "1", "--threads", "1",
+                     "--no-torch", "--no-textbook", "--no-startup", "--quiet", "--pause", "0", "--block-time", "0.01"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "## conv2d forward" in out
+    row = next(line for line in out.splitlines() if line.startswith("| lenet1 "))
+    auto_ms = float(row.split("|")[2])  # the "auto ms" column: a measured, positive time
+    assert auto_ms > 0
+    assert re.search(r"\| conv forward: .*\| not measured", out)  # no torch: the speed target is not judged
+    assert fastconv.get_num_threads() == threads  # the thread count is restored
+
+
+def test_bench_main_rejects_unknown_layer(capsys):
+    assert bench.main(["--layers", "nope", "--no-startup"]) == 2
+    assert "unknown layer 'nope'" in capsys.readouterr().err
