@@ -30,57 +30,59 @@ def _forward_kernel(xp, w, sh, sw, dh, dw, groups, oh_, ow_):
     mg = m_ // groups
     nmb = (mg + _MB - 1) // _MB
     y = np.zeros((n_, m_, oh_, ow_), dtype=xp.dtype)
-    for t in prange(n_ * groups * nmb * oh_):
-        oh = t % oh_
-        r = t // oh_
-        mb = r % nmb
-        r = r // nmb
+    for t in prange(n_ * groups * nmb):
+        mb = t % nmb
+        r = t // nmb
         g = r % groups
         n = r // groups
         m0 = g * mg + mb * _MB
         mc = min(_MB, (g + 1) * mg - m0)
         c0 = g * cg
-        ih0 = oh * sh
-        if mc == _MB:
-            y0 = y[n, m0, oh]
-            y1 = y[n, m0 + 1, oh]
-            y2 = y[n, m0 + 2, oh]
-            y3 = y[n, m0 + 3, oh]
-            for c in range(cg):
-                for kh in range(kh_):
-                    xrow = xp[n, c0 + c, ih0 + kh * dh]
-                    for kw in range(kw_):
-                        a0 = w[m0, c, kh, kw]
-                        a1 = w[m0 + 1, c, kh, kw]
-                        a2 = w[m0 + 2, c, kh, kw]
-                        a3 = w[m0 + 3, c, kh, kw]
-                        off = kw * dw
-                        if sw == 1:
-                            xs = xrow[off:off + ow_]
-                            for o in range(ow_):
-                                v = xs[o]
-                                y0[o] += a0 * v
-                                y1[o] += a1 * v
-                                y2[o] += a2 * v
-                                y3[o] += a3 * v
-                        else:
-                            for o in range(ow_):
-                                v = xrow[off + o * sw]
-                                y0[o] += a0 * v
-                                y1[o] += a1 * v
-                                y2[o] += a2 * v
-                                y3[o] += a3 * v
-        else:
-            for mm in range(mc):
-                yr = y[n, m0 + mm, oh]
+        for oh in range(oh_):
+            ih0 = oh * sh
+            if mc == _MB:
+                y0 = y[n, m0, oh]
+                y1 = y[n, m0 + 1, oh]
+                y2 = y[n, m0 + 2, oh]
+                y3 = y[n, m0 + 3, oh]
                 for c in range(cg):
                     for kh in range(kh_):
                         xrow = xp[n, c0 + c, ih0 + kh * dh]
                         for kw in range(kw_):
-                            a = w[m0 + mm, c, kh, kw]
+                            a0 = w[m0, c, kh, kw]
+                            a1 = w[m0 + 1, c, kh, kw]
+                            a2 = w[m0 + 2, c, kh, kw]
+                            a3 = w[m0 + 3, c, kh, kw]
                             off = kw * dw
-                            for o in range(ow_):
-                                yr[o] += a * xrow[off + o * sw]
+                            if sw == 1:
+                                for o in range(ow_):
+                                    v = xrow[off + o]
+                                    y0[o] += a0 * v
+                                    y1[o] += a1 * v
+                                    y2[o] += a2 * v
+                                    y3[o] += a3 * v
+                            else:
+                                for o in range(ow_):
+                                    v = xrow[off + o * sw]
+                                    y0[o] += a0 * v
+                                    y1[o] += a1 * v
+                                    y2[o] += a2 * v
+                                    y3[o] += a3 * v
+            else:
+                for mm in range(mc):
+                    yr = y[n, m0 + mm, oh]
+                    for c in range(cg):
+                        for kh in range(kh_):
+                            xrow = xp[n, c0 + c, ih0 + kh * dh]
+                            for kw in range(kw_):
+                                a = w[m0 + mm, c, kh, kw]
+                                off = kw * dw
+                                if sw == 1:
+                                    for o in range(ow_):
+                                        yr[o] += a * xrow[off + o]
+                                else:
+                                    for o in range(ow_):
+                                        yr[o] += a * xrow[off + o * sw]
     return y
 
 
