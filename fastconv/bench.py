@@ -494,7 +494,7 @@ class Settings:
     threads: int = 2
     pause: float = 0.1
     block_time: float = 0.1
-    max_candidate_time: float = 4.0  # per (layer, op, implementation), beyond the warm-up calls
+    max_candidate_time: float = 3.0  # per (layer, op, implementation), beyond the warm-up calls
     torch: bool = True
     textbook: Any = None  # the loaded module, or None
     sgemm: bool = True
@@ -1039,6 +1039,7 @@ def save_chart(path: str, rows: dict[str, dict[str, dict[str, Any]]], st: Settin
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     names = [lay.name for lay in st.layers]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 2), 4.2))
@@ -1051,7 +1052,12 @@ def save_chart(path: str, rows: dict[str, dict[str, dict[str, Any]]], st: Settin
             if v:
                 ax.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(TARGETS["conv_geomean"], color="gray", linewidth=0.8, linestyle="--",
+               label=f"conv target (geomean) {TARGETS['conv_geomean']:g}x")
     ax.set_yscale("log")
+    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x")
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(fmt)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_ylabel("speedup over torch (torch time / fastconv time)")
