@@ -382,6 +382,15 @@ def environment(threads: int, with_torch: bool) -> dict[str, Any]:
     return env
 
 
+def _busy_warning(loadavg: str | None) -> str | None:
+    """A warning when other processes kept the CPUs busy in the minute before the run."""
+    cpus = os.cpu_count() or 1
+    if not loadavg or float(loadavg.split()[0]) <= 0.5 * cpus:
+        return None
+    return (f"the 1-minute load average was {loadavg.split()[0]} on {cpus} CPUs when the run started: other "
+            f"processes competed for the CPUs, so these timings are unreliable")
+
+
 def _loadavg() -> str | None:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -959,6 +968,9 @@ def render(rows: dict[str, dict[str, dict[str, Any]]], env: dict[str, Any], st: 
             lines.append(f"- sgemm GFLOP/s with OPENBLAS_CORETYPE/L2_SIZE unset (own subprocess, core type "
                          f"{coretype_free.get('core_type')}): {g}")
     lines.append(f"- load average at start: {env.get('loadavg_start')}, at end: {env.get('loadavg_end')}")
+    busy = _busy_warning(env.get("loadavg_start"))
+    if busy:
+        lines.append(f"- WARNING: {busy}")
     lines.append(f"- timing: {st.repeat} rounds, blocks >= {st.block_time * 1e3:.0f} ms, {st.pause * 1e3:.0f} ms "
                  f"pause before each block; medians in ms per call")
     for op in st.ops:
@@ -1172,6 +1184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _blas_limits(args.threads):
             env = environment(args.threads, use_torch)
+            busy = _busy_warning(env["loadavg_start"])
+            if busy and not args.quiet:
+                print(f"warning: {busy}", file=sys.stderr)
             peak = sgemm_peak()
             units = sum(_count_candidates(layer, op, st) * st.repeat for layer in st.layers for op in st.ops)
             progress = _Progress(units, enabled=not args.quiet)
