@@ -265,3 +265,52 @@ def test_python_dash_m_runs():
     assert proc.stdout.startswith("usage: python -m fastconv")
     proc = subprocess.run([sys.executable, "-m", "fastconv", "--bogus"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
+
+
+# --------------------------------------------------------------------------- documentation examples
+
+_DOCS = ["README.md", "docs/api.md", "docs/semantics.md", "docs/quickstart.md"]
+
+
+def _doc_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def _norm(s: str) -> str:
+    s = re.sub(r"\s+", " ", s.strip())
+    return s.replace("[ ", "[").replace(" ]", "]")
+
+
+@pytest.mark.parametrize("doc", _DOCS)
+def test_doc_examples_run_and_print_what_they_say(doc):
+    """Every ```python block of the page runs (in one namespace, in order); each
+    ``print(...)  # expected`` line must print ``expected`` (whitespace-insensitive)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / doc
+    if not path.exists():
+        pytest.skip(f"{doc} is not part of this installation")
+    blocks = _doc_blocks(path.read_text())
+    assert blocks, f"{doc} has no python examples"
+    mismatches: list[str] = []
+
+    def check(args: tuple, expected: str) -> None:
+        got = " ".join(str(a) for a in args)
+        if _norm(got) != _norm(expected):
+            mismatches.append(f"printed {_norm(got)!r}, documented {_norm(expected)!r}")
+
+    ns: dict = {"__name__": "__doc_example__", "_check_print": check}
+    n_checked = 0
+    for code in blocks:
+        lines = []
+        for line in code.splitlines():
+            m = re.match(r"^(\s*)print\((.*)\)\s+# (.*)$", line)
+            if m:
+                lines.append(f"{m.group(1)}_check_print(({m.group(2)},), {m.group(3)!r})")
+                n_checked += 1
+            else:
+                lines.append(line)
+        exec(compile("\n".join(lines), str(path), "exec"), ns)
+    assert not mismatches, "\n".join(mismatches)
+    if doc != "README.md":
+        assert n_checked > 0
