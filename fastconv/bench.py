@@ -12,10 +12,12 @@ How the figures are obtained
 * For every (layer, op) each implementation is first called once (numba compiles on its first
   call) and its result is checked against PyTorch (or fastconv "auto" without PyTorch).  Then
   ``--repeat`` rounds run; in each round every implementation in turn runs one *block* of calls
-  (at least ``--block-time`` seconds, at least one call), after a ``--pause`` of idle time, so
-  the spinning worker threads that one library's OpenMP/BLAS runtime leaves behind have gone to
-  sleep before the next library is timed.  Each call is timed separately (``perf_counter``,
-  garbage collector off); the figure reported is the median over all calls.
+  (consecutive calls until they add up to ``--block-time`` seconds, at least one call), after a
+  ``--pause`` of idle time, so the spinning worker threads that one library's OpenMP/BLAS
+  runtime leaves behind have gone to sleep before the next library is timed.  Each call is
+  timed separately (``perf_counter``, garbage collector off); the figure reported is the median
+  over all calls.  A slow implementation stops early once it has had 3 s of timing and at
+  least 3 calls.
 * A speedup is a ratio of two such medians measured in the same process: ``torch / fastconv``.
 * "forward" is ``y = conv2d(x, w) + b`` (for pools ``y = pool(x)``); "forward+backward" is the
   forward followed by every gradient (conv: dx, dw, db; pools: dx), e.g. fastconv's
@@ -479,19 +481,24 @@ def _compare(out: Any, ref: Any, tol: float) -> str:
     return "ok" if worst <= tol else f"max |diff| / max |ref| = {worst:.2e} > {tol:.0e}"
 
 
-def _time_block(fn: Callable[[], Any], calls: int) -> list[float]:
-    times = []
+def _time_block(fn: Callable[[], Any], min_time: float, max_calls: int = 100_000) -> list[float]:
+    """Per-call times of consecutive calls of ``fn`` until they add up to ``min_time`` (at least one call)."""
+    times: list[float] = []
+    total = 0.0
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(calls):
+        while True:
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
+            t = time.perf_counter() - t0
+            times.append(t)
+            total += t
+            if total >= min_time or len(times) >= max_calls:
+                return times
     finally:
         if gc_was_on:
             gc.enable()
-    return times
 
 
 @dataclass
@@ -549,18 +556,11 @@ def measure(layer: ConvLayer | PoolLayer, op: str, st: Settings, progress: _Prog
     desc = f"{layer.name} {op}"
     ref_label = "torch" if st.torch else ("auto" if isinstance(layer, ConvLayer) else "fastconv")
     outputs: dict[str, Any] = {}
-    est: dict[str, float] = {}
-    for c in cands:
+    for c in cands:  # warm-up: numba compiles on the first call; the results are checked
         if c.fn is None:
             continue
         try:
-            t0 = time.perf_counter()
             outputs[c.label] = c.fn()
-            est[c.label] = time.perf_counter() - t0
-            if c.library == "fastconv":  # the first call compiled: time a second one
-                t0 = time.perf_counter()
-                c.fn()
-                est[c.label] = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 -- reported in the table, the run goes on
             c.error = f"{type(exc).__name__}: {exc}"
             c.fn = None
@@ -577,20 +577,17 @@ def measure(layer: ConvLayer | PoolLayer, op: str, st: Settings, progress: _Prog
             else:
                 c.check = _compare(outputs[c.label], ref, st.tol)
     outputs.clear()
-    calls, rounds = {}, {}
-    for c in cands:
-        if c.fn is None:
-            continue
-        t = max(est[c.label], 1e-7)
-        calls[c.label] = max(1, min(10_000, math.ceil(st.block_time / t)))
-        rounds[c.label] = max(1, min(st.repeat, int(st.max_candidate_time // (t * calls[c.label]))))
-    for r in range(st.repeat):
+    spent = dict.fromkeys((c.label for c in cands), 0.0)
+    for _ in range(st.repeat):
         for c in cands:
-            if c.fn is None or r >= rounds[c.label]:
+            # a slow implementation stops after max_candidate_time of timing (but only with >= 3 calls)
+            if c.fn is None or (spent[c.label] >= st.max_candidate_time and len(c.times) >= 3):
                 progress.update(1, desc)
                 continue
             time.sleep(st.pause)
-            c.times.extend(_time_block(c.fn, calls[c.label]))
+            block = _time_block(c.fn, st.block_time)
+            c.times.extend(block)
+            spent[c.label] += sum(block)
             progress.update(1, desc)
     for c in cands:
         c.fn = None
@@ -613,7 +610,7 @@ def sgemm_peak(n: int = 2048, calls: int = 5) -> float:
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     np.dot(a, b)
-    t = statistics.median(_time_block(lambda: np.dot(a, b), calls))
+    t = statistics.median(_time_block(lambda: np.dot(a, b), math.inf, calls))
     return 2 * n**3 / t / 1e9
 
 
