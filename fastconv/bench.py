@@ -16,8 +16,9 @@ How the figures are obtained
   ``--pause`` of idle time, so the spinning worker threads that one library's OpenMP/BLAS
   runtime leaves behind have gone to sleep before the next library is timed.  Each call is
   timed separately (``perf_counter``, garbage collector off); the figure reported is the median
-  over all calls.  A slow implementation stops early once it has had 3 s of timing and at
-  least 3 calls.
+  over all calls.  A slow implementation stops early once it has had 3 s of timing (so a call
+  of more than 3 s is timed once); a torch/textbook warm-up call of 1 s or more (nothing to
+  compile there) counts as one of its samples.
 * A speedup is a ratio of two such medians measured in the same process: ``torch / fastconv``.
 * "forward" is ``y = conv2d(x, w) + b`` (for pools ``y = pool(x)``); "forward+backward" is the
   forward followed by every gradient (conv: dx, dw, db; pools: dx), e.g. fastconv's
@@ -148,6 +149,7 @@ POOL_LAYERS: tuple[PoolLayer, ...] = (
 LAYERS: tuple[ConvLayer | PoolLayer, ...] = CONV_LAYERS + POOL_LAYERS
 
 OPS = ("fwd", "fwdbwd")
+SLOW_CALL_S = 1.0  # a torch/textbook/sgemm warm-up call this slow also counts as a timing sample
 OP_TITLES = {"fwd": "forward", "fwdbwd": "forward+backward"}
 
 #: The issue's targets (strategy "auto", 2 threads).
@@ -556,14 +558,21 @@ def measure(layer: ConvLayer | PoolLayer, op: str, st: Settings, progress: _Prog
     desc = f"{layer.name} {op}"
     ref_label = "torch" if st.torch else ("auto" if isinstance(layer, ConvLayer) else "fastconv")
     outputs: dict[str, Any] = {}
+    spent = dict.fromkeys((c.label for c in cands), 0.0)
     for c in cands:  # warm-up: numba compiles on the first call; the results are checked
         if c.fn is None:
             continue
         try:
+            t0 = time.perf_counter()
             outputs[c.label] = c.fn()
+            t = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 -- reported in the table, the run goes on
             c.error = f"{type(exc).__name__}: {exc}"
             c.fn = None
+            continue
+        if c.library != "fastconv" and t >= SLOW_CALL_S:  # compiles nothing: a slow first call is a sample too
+            c.times.append(t)
+            spent[c.label] += t
     ref = outputs.get(ref_label)
     for c in cands:
         if c.label in outputs:
@@ -577,11 +586,10 @@ def measure(layer: ConvLayer | PoolLayer, op: str, st: Settings, progress: _Prog
             else:
                 c.check = _compare(outputs[c.label], ref, st.tol)
     outputs.clear()
-    spent = dict.fromkeys((c.label for c in cands), 0.0)
     for _ in range(st.repeat):
         for c in cands:
-            # a slow implementation stops after max_candidate_time of timing (but only with >= 3 calls)
-            if c.fn is None or (spent[c.label] >= st.max_candidate_time and len(c.times) >= 3):
+            # a slow implementation stops after max_candidate_time of timing
+            if c.fn is None or spent[c.label] >= st.max_candidate_time:
                 progress.update(1, desc)
                 continue
             time.sleep(st.pause)
