@@ -11,6 +11,7 @@ re-exports it for the pytest-benchmark suite and names the implementations:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,9 @@ from fastconv.bench import (
     torch_call,
 )
 
-__all__ = ["CONV_LAYERS", "CONV_IMPLS", "LAYERS", "OPS", "POOL_IMPLS", "POOL_LAYERS", "build"]
+__all__ = ["CONV_LAYERS", "CONV_IMPLS", "LAYERS", "OPS", "POOL_IMPLS", "POOL_LAYERS", "build", "run"]
+
+SLOW_S = 0.5  # calls slower than this get a fixed number of rounds (about 3 s in all)
 
 CONV_IMPLS: tuple[str, ...] = tuple(f"fastconv-{s}" for s in fastconv.STRATEGIES) + ("fastconv-auto", "torch",
                                                                                       "textbook")
@@ -53,3 +56,20 @@ def build(layer: ConvLayer | PoolLayer, op: str, impl: str) -> Callable[[], Any]
 
         return textbook_call(layer, op, arrays, textbook)
     raise ValueError(f"unknown implementation {impl!r}")
+
+
+def run(benchmark: Any, fn: Callable[[], Any]) -> None:
+    """Benchmark ``fn`` after one untimed warm-up call (numba compiles on the first call).
+
+    Calls slower than ``SLOW_S`` run ``max(1, 3 s // call time)`` pedantic rounds instead of
+    pytest-benchmark's calibrated >= 5 rounds, so that the slowest implementations do not take
+    minutes per case.
+    """
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    t = time.perf_counter() - t0
+    if t > SLOW_S:
+        benchmark.pedantic(fn, rounds=max(1, int(3.0 // t)), iterations=1)
+    else:
+        benchmark(fn)

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("pytest_benchmark")
 
-from layers import CONV_IMPLS, CONV_LAYERS, OPS, build  # noqa: E402
+from layers import CONV_IMPLS, CONV_LAYERS, OPS, build, run  # noqa: E402
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -14,8 +14,7 @@ from layers import CONV_IMPLS, CONV_LAYERS, OPS, build  # noqa: E402
 @pytest.mark.parametrize("layer", CONV_LAYERS, ids=lambda layer: layer.name)
 def test_conv2d(benchmark, layer, impl, op):
     fn = build(layer, op, impl)
-    fn()  # numba compiles on the first call: keep it out of the timing
     benchmark.group = layer.name
     benchmark.extra_info["layer"] = layer.describe()
     benchmark.extra_info["gflop"] = layer.flops * (1 if op == "fwd" else 3) / 1e9
-    benchmark(fn)
+    run(benchmark, fn)

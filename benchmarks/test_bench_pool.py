@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("pytest_benchmark")
 
-from layers import OPS, POOL_IMPLS, POOL_LAYERS, build  # noqa: E402
+from layers import OPS, POOL_IMPLS, POOL_LAYERS, build, run  # noqa: E402
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -14,7 +14,6 @@ from layers import OPS, POOL_IMPLS, POOL_LAYERS, build  # noqa: E402
 @pytest.mark.parametrize("layer", POOL_LAYERS, ids=lambda layer: layer.name)
 def test_pool2d(benchmark, layer, impl, op):
     fn = build(layer, op, impl)
-    fn()  # numba compiles on the first call: keep it out of the timing
     benchmark.group = layer.name
     benchmark.extra_info["layer"] = layer.describe()
-    benchmark(fn)
+    run(benchmark, fn)
