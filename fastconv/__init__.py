@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 from . import kernels as _kernels  # noqa: F401  (registers the strategies)
+from ._config import WorkspaceTooSmallError, get_workspace_limit, set_workspace_limit, workspace_limit
+from ._dispatch import AutotuneCacheWarning, choose_strategy, explain
 from ._registry import names as _strategy_names
 from ._threads import get_num_threads, set_num_threads
 from .conv import col2im, conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward, im2col
 
 __version__ = "0.1.0"
 
-#: Names of the registered convolution strategies (``strategy=`` also accepts "auto").
+#: Names of the registered convolution strategies (``strategy=`` also accepts "auto" and "autotune").
 STRATEGIES: tuple[str, ...] = _strategy_names()
 
 __all__ = [
     "STRATEGIES",
+    "AutotuneCacheWarning",
+    "WorkspaceTooSmallError",
+    "choose_strategy",
     "col2im",
     "conv2d",
     "conv2d_backward",
     "conv_transpose2d",
     "conv_transpose2d_backward",
+    "explain",
     "get_num_threads",
+    "get_workspace_limit",
     "im2col",
     "set_num_threads",
+    "set_workspace_limit",
+    "workspace_limit",
 ]

@@ -1,3 +1,4 @@
 """Numba kernels, one module per strategy (each registers itself on import), plus pooling and shared helpers."""
 
-from . import direct  # noqa: F401  (registers "direct")
+# Each module registers its strategy on import, in this order: "direct", "im2col" (gemm), "col2im" (scatter).
+from . import direct, gemm, scatter  # noqa: F401

@@ -1,0 +1,490 @@
+"""Machinery shared by the GEMM-based strategies ("im2col" in gemm.py, "col2im" in scatter.py).
+
+Execution model
+---------------
+A primitive splits its work into *tiles* -- a range of images, or a pixel range of one
+image -- whose scratch fits the workspace limit (:mod:`fastconv._config`).  Each tile
+runs a serial ``@njit(nogil=True)`` gather/scatter kernel and single-threaded BLAS GEMMs
+(``np.matmul``, which releases the GIL); ``fastconv.get_num_threads()`` Python threads take
+tiles from a shared counter, each with its own scratch buffer.
+
+* Race-free: a tile owns the output elements it writes (whole image planes, or output
+  pixels of one image); no atomics.
+* Deterministic: the tiles depend only on the shapes, the workspace limit and
+  ``NUMBA_NUM_THREADS`` (fixed for the process), never on the current thread count, and
+  each tile is computed the same way whichever thread runs it; reductions across tiles
+  (weight gradients) go through per-unit partial sums added in a fixed order.  So results
+  are bit-identical for any ``set_num_threads``.
+* BLAS runs single-threaded during these calls (threadpoolctl); the parallelism comes from
+  the tiles.  This is both deterministic and robust: multi-threaded OpenBLAS collapses
+  when the cores are oversubscribed, independent single-threaded GEMMs do not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+from .._config import WorkspaceTooSmallError, get_workspace_limit, record_scratch
+from .._options import kernel
+from .._params import ConvGeometry, Pair
+from .._threads import get_num_threads
+
+#: Threads a process can ever use; tiles are planned for this many (not the current count).
+T_MAX = max(1, int(numba.config.NUMBA_NUM_THREADS))
+#: Tiles per thread the planner aims for (load balance).
+TILES_PER_THREAD = 2
+#: Preferred scratch bytes of one tile: the column block then stays in the L2 cache for the GEMM.
+TILE_BYTES = 2 * 2**20
+#: Fewest output pixels in a pixel tile (shorter GEMMs waste BLAS's packing).
+MIN_PIXELS = 128
+
+# --------------------------------------------------------------------------- threads and BLAS
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _get_executor() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=max(1, T_MAX - 1), thread_name_prefix="fastconv")
+        return _executor
+
+
+_blas_lock = threading.Lock()
+_blas_depth = 0
+_blas_saved: list[int] = []
+_blas_libs: list | None = None
+
+
+def _find_blas() -> list:
+    global _blas_libs
+    if _blas_libs is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _blas_libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        except Exception:  # threadpoolctl missing or unable to inspect: leave BLAS as it is
+            _blas_libs = []
+    return _blas_libs
+
+
+@contextmanager
+def blas_single_threaded() -> Iterator[None]:
+    """BLAS uses one thread inside the block (re-entrant and thread-safe; restored on exit)."""
+    global _blas_depth, _blas_saved
+    libs = _find_blas()
+    if not libs:
+        yield
+        return
+    with _blas_lock:
+        if _blas_depth == 0:
+            _blas_saved = [lib.get_num_threads() for lib in libs]
+            for lib in libs:
+                lib.set_num_threads(1)
+        _blas_depth += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_depth -= 1
+            if _blas_depth == 0:
+                for lib, n in zip(libs, _blas_saved, strict=True):
+                    lib.set_num_threads(n)
+
+
+#: Primitives with fewer multiply-adds than this run on the calling thread only (a hand-off costs more).
+INLINE_MACS = 2_000_000
+
+
+def run_tiles(n_tiles: int, work: Callable[[int, int], None], macs: int | None = None) -> None:
+    """Call ``work(tile, slot)`` for every tile; ``slot`` < the thread count names the caller's scratch.
+
+    ``macs`` (the primitive's multiply-adds) below :data:`INLINE_MACS` keeps everything on the
+    calling thread; the results are the same either way (tiles never depend on the threads).
+    """
+    nthreads = min(slots_for(n_tiles), 1 if macs is not None and macs < INLINE_MACS else n_tiles)
+    with blas_single_threaded():
+        if nthreads <= 1:
+            for i in range(n_tiles):
+                work(i, 0)
+            return
+        counter = itertools.count()
+
+        def loop(slot: int) -> None:
+            while True:
+                i = next(counter)
+                if i >= n_tiles:
+                    return
+                work(i, slot)
+
+        ex = _get_executor()
+        futures = [ex.submit(loop, slot) for slot in range(1, nthreads)]
+        try:
+            loop(0)
+        finally:
+            for f in futures:
+                f.result()
+
+
+def slots_for(n_tiles: int) -> int:
+    """How many scratch slots (threads) a call with ``n_tiles`` tiles may use now."""
+    return max(1, min(get_num_threads(), n_tiles))
+
+
+def mm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = a @ b`` (stacked); an inner dimension of 1 is an outer product (NumPy's matmul is slow there)."""
+    if a.shape[-1] == 1:
+        np.multiply(a, b, out=out)
+    else:
+        np.matmul(a, b, out=out)
+
+
+# --------------------------------------------------------------------------- tiles and the workspace
+
+
+class Tile(NamedTuple):
+    """Images ``n0 .. n0+nb-1``, output pixels ``p0 .. p0+pc-1`` of each (``pc`` = all when ``nb`` > 1)."""
+
+    n0: int
+    nb: int
+    p0: int
+    pc: int
+
+
+def too_small(what: str, need: int) -> WorkspaceTooSmallError:
+    return WorkspaceTooSmallError(
+        f"{what} needs at least {need} bytes of scratch memory, more than the workspace limit "
+        f"{get_workspace_limit()} bytes; raise it with fastconv.set_workspace_limit() or use strategy='direct'"
+    )
+
+
+def plan_tiles(
+    n: int, p: int, px_bytes: int, budget: int, *, min_pixels: int = MIN_PIXELS, tile_bytes: int = TILE_BYTES
+) -> list[Tile] | None:
+    """Split ``n`` images of ``p`` output pixels into tiles of at most ``budget`` scratch bytes.
+
+    ``px_bytes`` is the scratch of one (image, pixel).  Tiles are whole images when they are
+    small, else pixel ranges of one image (at least ``min_pixels`` long unless the budget
+    forbids); about ``TILES_PER_THREAD * T_MAX`` tiles or more.  None when one pixel does not fit.
+    """
+    if n == 0 or p == 0:
+        return []
+    cap = budget // px_bytes
+    if cap < 1:
+        return None
+    per_tile = min(cap, max(tile_bytes // px_bytes, min(min_pixels, p)))
+    target = TILES_PER_THREAD * T_MAX
+    if per_tile >= p:
+        nb = max(1, min(per_tile // p, -(-n // target)))
+        if nb > 1 or n >= target or p < 2 * min_pixels:
+            return [Tile(n0, min(nb, n - n0), 0, p) for n0 in range(0, n, nb)]
+        pieces = min(-(-target // n), p // min_pixels)
+    else:
+        pieces = max(-(-p // per_tile), min(-(-target // n), p // min_pixels))
+    pc = min(per_tile, -(-p // pieces))
+    return [Tile(i, 1, p0, min(pc, p - p0)) for i in range(n) for p0 in range(0, p, pc)]
+
+
+class Scratch:
+    """Per-slot scratch buffers of one primitive call, with the workspace accounting.
+
+    ``per_slot`` and ``shared`` give element counts by name.  Shared buffers exist at once;
+    a slot's buffers are allocated when that slot first asks (only one thread uses a slot).
+    """
+
+    def __init__(self, dtype: np.dtype, slots: int, per_slot: dict[str, int], shared: dict[str, int]) -> None:
+        isz = np.dtype(dtype).itemsize
+        self.nbytes = isz * (slots * sum(per_slot.values()) + sum(shared.values()))
+        record_scratch(self.nbytes)
+        self.dtype = dtype
+        self.per_slot = per_slot
+        self.slots: list[dict[str, np.ndarray] | None] = [None] * slots
+        self.shared = {k: np.empty(v, dtype) for k, v in shared.items()}
+
+    def get(self, slot: int, name: str, size: int) -> np.ndarray:
+        bufs = self.slots[slot]
+        if bufs is None:
+            bufs = self.slots[slot] = {k: np.empty(v, self.dtype) for k, v in self.per_slot.items()}
+        return bufs[name][:size]
+
+
+# --------------------------------------------------------------------------- geometry helpers
+
+
+class Conv(NamedTuple):
+    """Everything the tile kernels need about one convolution (in conv2d terms)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    m: int
+    g: int
+    kh: int
+    kw: int
+    oh: int
+    ow: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+
+    @property
+    def cg(self) -> int:
+        return self.c // self.g
+
+    @property
+    def mg(self) -> int:
+        return self.m // self.g
+
+    @property
+    def kk(self) -> int:
+        return self.kh * self.kw
+
+    @property
+    def p(self) -> int:
+        return self.oh * self.ow
+
+    @property
+    def pointwise(self) -> bool:
+        """1x1 kernel, stride 1, no padding, output = input size: the columns are the input itself."""
+        return self.kk == 1 and self.sh == 1 and self.sw == 1 and self.pt == 0 and self.pl == 0 and (
+            self.oh == self.h and self.ow == self.w
+        )
+
+
+def conv_of(x_shape: tuple[int, ...], w_shape: tuple[int, ...], geom: ConvGeometry, out_hw: Pair) -> Conv:
+    n, c, h, w = x_shape
+    m, _, kh, kw = w_shape
+    (sh, sw), (dh, dw) = geom.stride, geom.dilation
+    return Conv(n, c, h, w, m, geom.groups, kh, kw, out_hw[0], out_hw[1], sh, sw, dh, dw, geom.pad[0], geom.pad[2])
+
+
+# --------------------------------------------------------------------------- the gather (im2col) and scatter (col2im)
+
+
+@kernel
+def _valid_cols(w_in, ow_, sw, off):
+    """The output columns ``[lo, hi)`` whose input column ``ow*sw + off`` lies inside ``[0, w_in)``."""
+    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+    hi = (w_in - 1 - off) // sw + 1 if w_in - 1 - off >= 0 else 0
+    hi = min(hi, ow_)
+    lo = min(lo, hi)
+    return lo, hi
+
+
+@kernel
+def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, kw_, sh, sw, dh, dw, pt, pl, ow_, s_n, s_r):
+    """im2col of one tile into the flat buffer ``out``.
+
+    ``out[nl*s_n + r*s_r + j] = x_padded[n0+nl, c, oh*sh + kh*dh, ow*sw + kw*dw]`` for the
+    channels ``c0 <= c < c1``, taps ``t = kh*KW + kw`` in ``[t0, t1)``, row
+    ``r = (c - c0)*(t1 - t0) + (t - t0)`` and output pixel ``p0 + j = oh*OW + ow``
+    (zero where the window lies in the padding).  Loops run over 0-based slices so that
+    LLVM sees non-negative indices (no wraparound checks) and vectorises the copies.
+    """
+    h_in, w_in = x.shape[2], x.shape[3]
+    nt = t1 - t0
+    for nl in range(nb):
+        n = n0 + nl
+        for c in range(c0, c1):
+            plane = x[n, c]
+            for t in range(t0, t1):
+                kh = t // kw_
+                kw = t - kh * kw_
+                off = kw * dw - pl
+                lo, hi = _valid_cols(w_in, ow_, sw, off)
+                dst = out[nl * s_n + ((c - c0) * nt + (t - t0)) * s_r:]
+                j = 0
+                oh = p0 // ow_
+                ow = p0 - oh * ow_
+                while j < pc:
+                    seg = min(ow_ - ow, pc - j)
+                    end = ow + seg
+                    drow = dst[j:j + seg]  # output columns ow .. end-1 of row oh
+                    ih = oh * sh - pt + kh * dh
+                    if ih < 0 or ih >= h_in:
+                        for q in range(seg):
+                            drow[q] = 0
+                    else:
+                        a = min(max(ow, lo), end)
+                        b = max(min(end, hi), a)
+                        for q in range(a - ow):
+                            drow[q] = 0
+                        if sw == 1:
+                            src = plane[ih, a + off:b + off]
+                            mid = drow[a - ow:b - ow]
+                            for q in range(b - a):
+                                mid[q] = src[q]
+                        else:
+                            src = plane[ih, a * sw + off:]
+                            mid = drow[a - ow:b - ow]
+                            for q in range(b - a):
+                                mid[q] = src[q * sw]
+                        tail = drow[b - ow:]
+                        for q in range(end - b):
+                            tail[q] = 0
+                    j += seg
+                    oh += 1
+                    ow = 0
+
+
+@kernel
+def scatter_patches(src, dx, n0, nb, p0, pc, c0, c1, kh_, kw_, sh, sw, dh, dw, pt, pl, ow_, s_n, s_r):
+    """col2im of one tile: the adjoint of :func:`gather_patches` (all taps), added into ``dx``.
+
+    The tile owns the planes ``dx[n0:n0+nb, c0:c1]``; every element is accumulated in the
+    fixed order (tap, pixel), so the result does not depend on which thread runs the tile.
+    """
+    h_in, w_in = dx.shape[2], dx.shape[3]
+    nt = kh_ * kw_
+    for nl in range(nb):
+        n = n0 + nl
+        for c in range(c0, c1):
+            plane = dx[n, c]
+            for t in range(nt):
+                kh = t // kw_
+                kw = t - kh * kw_
+                off = kw * dw - pl
+                lo, hi = _valid_cols(w_in, ow_, sw, off)
+                s = src[nl * s_n + ((c - c0) * nt + t) * s_r:]
+                j = 0
+                oh = p0 // ow_
+                ow = p0 - oh * ow_
+                while j < pc:
+                    seg = min(ow_ - ow, pc - j)
+                    end = ow + seg
+                    ih = oh * sh - pt + kh * dh
+                    if 0 <= ih < h_in:
+                        a = min(max(ow, lo), end)
+                        b = max(min(end, hi), a)
+                        srow = s[j + a - ow:j + b - ow]
+                        if sw == 1:
+                            drow = plane[ih, a + off:b + off]
+                            for q in range(b - a):
+                                drow[q] += srow[q]
+                        else:
+                            drow = plane[ih, a * sw + off:]
+                            for q in range(b - a):
+                                drow[q * sw] += srow[q]
+                    j += seg
+                    oh += 1
+                    ow = 0
+
+
+@kernel
+def gather_dy(dy3, out, n0, nb, p0, pc):
+    """``out[m, nl*pc + j] = dy3[n0 + nl, m, p0 + j]`` (images side by side along the GEMM's K)."""
+    m_ = dy3.shape[1]
+    for m in range(m_):
+        for nl in range(nb):
+            src = dy3[n0 + nl, m, p0:p0 + pc]
+            dst = out[(m * nb + nl) * pc:(m * nb + nl + 1) * pc]
+            for j in range(pc):
+                dst[j] = src[j]
+
+
+# --------------------------------------------------------------------------- backward_data: GEMM, then col2im
+
+
+def _bd_units(cv: Conv, isz: int, budget: int) -> tuple[list[tuple[int, int, int, int]], int] | None:
+    """Work units ``(n0, nb, c0, c1)`` of backward_data and their pixel chunk length."""
+    n, c, g, cg, kk, p = cv.n, cv.c, cv.g, cv.cg, cv.kk, cv.p
+    target = TILES_PER_THREAD * T_MAX
+    img = c * kk * p * isz
+    if img <= budget:
+        nb = max(1, min(budget // img, max(1, TILE_BYTES // img), -(-n // target)))
+        if nb > 1 or n >= target:
+            return [(n0, min(nb, n - n0), 0, c) for n0 in range(0, n, nb)], p
+        # few images: split the channels, keeping groups whole where possible
+        pieces = -(-target // n)
+        cb = max(1, -(-c // pieces))
+    else:
+        # the largest channel block with at least a short pixel chunk in budget
+        cb = max(1, min(c, budget // (kk * isz * min(p, MIN_PIXELS))))
+    if g > 1:
+        cb = (cb // cg) * cg if cb >= cg else cb
+    blocks = []
+    if cb >= cg and cb % cg == 0:
+        for c0 in range(0, c, cb):
+            blocks.append((c0, min(c0 + cb, c)))
+    else:
+        for gi in range(g):
+            for c0 in range(gi * cg, (gi + 1) * cg, cb):
+                blocks.append((c0, min(c0 + cb, (gi + 1) * cg)))
+    pc = min(p, budget // (cb * kk * isz))
+    if pc < 1:
+        return None
+    return [(i, 1, c0, c1) for i in range(n) for (c0, c1) in blocks], pc
+
+
+def backward_data(dy: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray:
+    """``dx`` = col2im(Wᵀ · dy): per tile one GEMM on the un-expanded ``dy``, then a race-free scatter-add.
+
+    A tile owns whole ``dx`` planes (a range of images, or channels of one image), so the
+    scatter needs no atomics; pixel chunks of a tile are added in a fixed order.
+    """
+    n, c, ow = cv.n, cv.c, cv.ow
+    dx = np.zeros((n, c, cv.h, cv.w), dtype=dy.dtype)
+    if n == 0:
+        record_scratch(0)
+        return dx
+    isz = dy.dtype.itemsize
+    budget = get_workspace_limit() // T_MAX
+    plan = _bd_units(cv, isz, budget)
+    if plan is None:
+        raise too_small("backward_data with GEMM + col2im", T_MAX * cv.kk * isz)
+    units, pc = plan
+    g, cg, mg, kk, p = cv.g, cv.cg, cv.mg, cv.kk, cv.p
+    pointwise = cv.pointwise
+    max_elems = 0 if pointwise else max(nb * (c1 - c0) for (_, nb, c0, c1) in units) * kk * pc
+    scratch = Scratch(dy.dtype, slots_for(len(units)), {"cols": max_elems}, {})
+    dx4 = dx.reshape(n, g, cg, p)
+    wt = w.reshape(g, mg, cg * kk).transpose(0, 2, 1)  # (G, Cg*KK, Mg), a view BLAS reads transposed
+    dy4 = dy.reshape(n, g, mg, p)
+
+    def work(i: int, slot: int) -> None:
+        n0, nb, c0, c1 = units[i]
+        g0 = c0 // cg
+        if (c1 - c0) % cg == 0 and c0 % cg == 0:
+            g1, r0, r1 = c1 // cg, 0, cg * kk
+        else:
+            g1, r0, r1 = g0 + 1, (c0 - g0 * cg) * kk, (c1 - g0 * cg) * kk
+        a = wt[g0:g1, r0:r1]
+        for p0 in range(0, p, pc):
+            q = min(pc, p - p0)
+            if pointwise:  # dx is Wᵀ · dy itself
+                mm(a, dy4[n0:n0 + nb, g0:g1, :, p0:p0 + q], out=dx4[n0:n0 + nb, g0:g1, r0:r1, p0:p0 + q])
+                continue
+            buf = scratch.get(slot, "cols", nb * (c1 - c0) * kk * q)
+            mm(a, dy4[n0:n0 + nb, g0:g1, :, p0:p0 + q], out=buf.reshape(nb, g1 - g0, r1 - r0, q))
+            scatter_patches(buf, dx, n0, nb, p0, q, c0, c1, cv.kh, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt, cv.pl,
+                            ow, (c1 - c0) * kk * q, q)
+
+    run_tiles(len(units), work, n * cv.m * cg * kk * p)
+    return dx
+
+
+def backward_data_scratch(cv: Conv, isz: int) -> int | None:
+    """Scratch bytes :func:`backward_data` allocates for ``cv`` now (None: does not fit the limit)."""
+    if cv.n == 0:
+        return 0
+    plan = _bd_units(cv, isz, get_workspace_limit() // T_MAX)
+    if plan is None:
+        return None
+    units, pc = plan
+    if cv.pointwise:
+        return 0
+    return slots_for(len(units)) * max(nb * (c1 - c0) for (_, nb, c0, c1) in units) * cv.kk * pc * isz

@@ -1,0 +1,234 @@
+"""The "im2col" strategy: gather input patches into a column matrix, then GEMM.
+
+Layout: per image the columns are ``cols[c*KH*KW + kh*KW + kw, oh*OW + ow]`` (C·KH·KW × OH·OW),
+so ``y[n]`` (M × OH·OW) = ``W`` (M × C·KH·KW) · ``cols`` with no transposition of the result;
+with groups, ``W`` and ``cols`` are (G, ·, ·) stacks and NumPy's ``matmul`` runs one GEMM per
+group.
+
+* forward: per tile (images or a pixel range of one image, see :mod:`._tiles`) gather the
+  columns, then ``y_tile = W · cols``.
+* backward_filter: ``dw = Σ_tiles dy_tile · cols_tileᵀ`` with the tile's images side by side
+  along the GEMM's inner dimension; per-unit partial sums are added in a fixed order.
+* backward_data: ``dx = col2im(Wᵀ · dy)`` (shared with the "col2im" strategy, :mod:`._tiles`).
+
+Depthwise-like groups (tiny per-group GEMMs) use :mod:`._grouped` kernels instead of BLAS.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._config import get_workspace_limit, record_scratch
+from .._params import ConvGeometry, Pair
+from .._registry import Strategy, register
+from . import _grouped, _tiles
+from ._tiles import (
+    T_MAX,
+    TILES_PER_THREAD,
+    Conv,
+    Scratch,
+    conv_of,
+    gather_dy,
+    gather_patches,
+    mm,
+    plan_tiles,
+    run_tiles,
+    slots_for,
+    too_small,
+)
+
+# --------------------------------------------------------------------------- forward
+
+
+def _forward_plan(cv: Conv, isz: int):
+    if cv.pointwise:  # no scratch: tiles only for the threads
+        return plan_tiles(cv.n, cv.p, cv.c * isz, 2**62)
+    return plan_tiles(cv.n, cv.p, cv.c * cv.kk * isz, get_workspace_limit() // T_MAX)
+
+
+def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> np.ndarray:
+    """conv2d without bias: im2col of each tile, then ``y_tile = W · cols`` (one BLAS GEMM per group)."""
+    cv = conv_of(x.shape, w.shape, geom, out_hw)
+    if _grouped.use_grouped(cv):
+        return _grouped.forward(x, w, cv)
+    y = np.empty((cv.n, cv.m, cv.oh, cv.ow), dtype=x.dtype)
+    if cv.n == 0:
+        record_scratch(0)
+        return y
+    isz = x.dtype.itemsize
+    tiles = _forward_plan(cv, isz)
+    if tiles is None:
+        raise too_small("strategy 'im2col' (forward)", T_MAX * cv.c * cv.kk * isz)
+    c, g, kk = cv.c, cv.g, cv.kk
+    pointwise = cv.pointwise
+    cols_elems = 0 if pointwise else max(t.nb * t.pc for t in tiles) * c * kk
+    scratch = Scratch(x.dtype, slots_for(len(tiles)), {"cols": cols_elems}, {})
+    w3 = w.reshape(g, cv.mg, cv.cg * kk)
+    y4 = y.reshape(cv.n, g, cv.mg, cv.p)
+    x4 = x.reshape(cv.n, g, cv.cg, cv.h * cv.w)
+
+    def work(i: int, slot: int) -> None:
+        n0, nb, p0, pc = tiles[i]
+        if pointwise:  # the columns are the input itself
+            mm(w3, x4[n0:n0 + nb, :, :, p0:p0 + pc], out=y4[n0:n0 + nb, :, :, p0:p0 + pc])
+            return
+        buf = scratch.get(slot, "cols", nb * c * kk * pc)
+        gather_patches(x, buf, n0, nb, p0, pc, 0, c, 0, kk, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt, cv.pl, cv.ow,
+                       c * kk * pc, pc)
+        mm(w3, buf.reshape(nb, g, cv.cg * kk, pc), out=y4[n0:n0 + nb, :, :, p0:p0 + pc])
+
+    run_tiles(len(tiles), work, cv.n * cv.m * cv.cg * kk * cv.p)
+    return y
+
+
+def forward_scratch(cv: Conv, isz: int) -> int | None:
+    """Scratch bytes :func:`forward` allocates for ``cv`` now (None: does not fit the limit)."""
+    if _grouped.use_grouped(cv):
+        return _grouped.forward_scratch(cv, isz)
+    if cv.n == 0:
+        return 0
+    tiles = _forward_plan(cv, isz)
+    if tiles is None:
+        return None
+    if cv.pointwise:
+        return 0
+    return slots_for(len(tiles)) * max(t.nb * t.pc for t in tiles) * cv.c * cv.kk * isz
+
+
+# --------------------------------------------------------------------------- backward_data (shared with "col2im")
+
+
+def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair) -> np.ndarray:
+    """``dx = col2im(Wᵀ · dy)``: one GEMM per tile on the un-expanded ``dy``, then a race-free col2im scatter."""
+    n, m, oh, ow = dy.shape
+    cv = conv_of((n, w.shape[1] * geom.groups, x_hw[0], x_hw[1]), w.shape, geom, (oh, ow))
+    if _grouped.use_grouped(cv):
+        return _grouped.backward_data(dy, w, cv)
+    return _tiles.backward_data(dy, w, cv)
+
+
+def backward_data_scratch(cv: Conv, isz: int) -> int | None:
+    """Scratch bytes :func:`backward_data` allocates for ``cv`` now (None: does not fit the limit)."""
+    if _grouped.use_grouped(cv):
+        return _grouped.backward_data_scratch(cv, isz)
+    return _tiles.backward_data_scratch(cv, isz)
+
+
+# --------------------------------------------------------------------------- backward_filter
+
+
+def filter_plan(cv: Conv, isz: int, rows: int, partials_in_dw: bool = True):
+    """Tiles and units of a weight-gradient reduction whose tile scratch is ``rows`` (+ dy's M) per pixel.
+
+    Returns ``(tiles, units)``: ``units`` are contiguous tile ranges, each summed into its own
+    partial (with ``partials_in_dw``, unit 0 sums into ``dw`` itself), the partials added in
+    unit order at the end -- so the result depends on the plan, never on the thread count.
+    None when nothing fits the workspace limit.
+    """
+    dwb = cv.m * cv.cg * cv.kk * isz
+    tmp = dwb if partials_in_dw else cv.m * cv.cg * isz
+    limit = get_workspace_limit()
+    for u_max in (TILES_PER_THREAD * T_MAX, T_MAX, 1):
+        parts = (u_max - 1 if partials_in_dw else u_max) * dwb
+        budget = (limit - parts) // T_MAX - tmp  # per slot, after the partials and the GEMM temp
+        if budget <= 0:
+            continue
+        tiles = plan_tiles(cv.n, cv.p, (rows + cv.m) * isz, budget)
+        if tiles is None:
+            continue
+        u = min(u_max, len(tiles))
+        bounds = [len(tiles) * k // u for k in range(u + 1)]
+        return tiles, [(bounds[k], bounds[k + 1]) for k in range(u)]
+    return None
+
+
+def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pair) -> np.ndarray:
+    """``dw = Σ_tiles dy_tile · cols_tileᵀ``: the tile's images side by side along the GEMM's inner dimension."""
+    n, m, oh, ow = dy.shape
+    cg = x.shape[1] // geom.groups
+    w_shape = (m, cg, k_hw[0], k_hw[1])
+    cv = conv_of(x.shape, w_shape, geom, (oh, ow))
+    if _grouped.use_grouped(cv):
+        return _grouped.backward_filter(dy, x, cv)
+    dw = np.zeros(w_shape, dtype=dy.dtype)
+    if n == 0:
+        record_scratch(0)
+        return dw
+    isz = dy.dtype.itemsize
+    c, g, mg, kk, p = cv.c, cv.g, cv.mg, cv.kk, cv.p
+    plan = filter_plan(cv, isz, c * kk)
+    if plan is None:
+        raise too_small("strategy 'im2col' (backward_filter)", T_MAX * (3 * m * cg * kk + (c * kk + m)) * isz)
+    tiles, units = plan
+    tpx = max(t.nb * t.pc for t in tiles)
+    dwsz = m * cg * kk
+    scratch = Scratch(
+        dy.dtype,
+        slots_for(len(units)),
+        {"cols": tpx * c * kk, "dy": tpx * m, "tmp": dwsz},
+        {"part": (len(units) - 1) * dwsz},
+    )
+    dy3 = dy.reshape(n, m, p)
+    pointwise = cv.pointwise
+    x4 = x.reshape(n, g, cg, cv.h * cv.w)
+
+    def part(u: int) -> np.ndarray:
+        if u == 0:
+            return dw.reshape(g, mg, cg * kk)
+        return scratch.shared["part"][(u - 1) * dwsz:u * dwsz].reshape(g, mg, cg * kk)
+
+    def work(u: int, slot: int) -> None:
+        acc = part(u)
+        tmp = scratch.get(slot, "tmp", dwsz).reshape(g, mg, cg * kk)
+        for i in range(*units[u]):
+            n0, nb, p0, pc = tiles[i]
+            k = nb * pc
+            if pointwise and nb == 1:  # the columns are the input itself
+                colst = x4[n0, :, :, p0:p0 + pc].transpose(0, 2, 1)
+            else:
+                cols = scratch.get(slot, "cols", c * kk * k)
+                gather_patches(x, cols, n0, nb, p0, pc, 0, c, 0, kk, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt, cv.pl,
+                               ow, pc, k)
+                colst = cols.reshape(g, cg * kk, k).transpose(0, 2, 1)
+            if nb == 1:
+                dyt = dy3[n0, :, p0:p0 + pc].reshape(g, mg, pc)
+            else:
+                dyt = scratch.get(slot, "dy", m * k)
+                gather_dy(dy3, dyt, n0, nb, p0, pc)
+                dyt = dyt.reshape(g, mg, k)
+            if i == units[u][0]:
+                mm(dyt, colst, out=acc)
+            else:
+                mm(dyt, colst, out=tmp)
+                acc += tmp
+
+    run_tiles(len(units), work, n * m * cg * kk * p)
+    for u in range(1, len(units)):
+        dw.reshape(g, mg, cg * kk)[...] += part(u)
+    return dw
+
+
+def backward_filter_scratch(cv: Conv, isz: int) -> int | None:
+    """Scratch bytes :func:`backward_filter` allocates for ``cv`` now (None: does not fit the limit)."""
+    if _grouped.use_grouped(cv):
+        return _grouped.backward_filter_scratch(cv, isz)
+    if cv.n == 0:
+        return 0
+    plan = filter_plan(cv, isz, cv.c * cv.kk)
+    if plan is None:
+        return None
+    tiles, units = plan
+    tpx = max(t.nb * t.pc for t in tiles)
+    dwsz = cv.m * cv.cg * cv.kk
+    return (slots_for(len(units)) * (tpx * (cv.c * cv.kk + cv.m) + dwsz) + (len(units) - 1) * dwsz) * isz
+
+
+IM2COL = register(
+    Strategy(
+        name="im2col",
+        forward=forward,
+        backward_data=backward_data,
+        backward_filter=backward_filter,
+        summary="im2col column matrix per tile, then BLAS GEMM; dx by col2im of Wᵀ·dy",
+    )
+)
