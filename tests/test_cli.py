@@ -209,6 +209,19 @@ def test_main_job_fails_on_a_broken_strategy(monkeypatch, capsys):
     assert "FAIL" in out and _lines(out)[-1].startswith("FAILED: ")
 
 
+def test_main_job_reports_an_exception_as_a_failure(monkeypatch, capsys):
+    name = fastconv.STRATEGIES[0]
+    strat = _registry.get(name)
+
+    def forward(x, w, geom, out_hw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(_registry._REGISTRY, name, dataclasses.replace(strat, forward=forward))
+    assert cli.main(["--quick", "--repeat", "0", "--no-progress", "--strategy", name]) == 1
+    out = capsys.readouterr().out
+    assert "raised RuntimeError: boom" in out and _lines(out)[-1].startswith("FAILED: ")
+
+
 def test_unknown_strategy_is_an_error():
     with pytest.raises(SystemExit, match="unknown strategy nope"):
         cli.main(["check", "--strategy", "nope"])
