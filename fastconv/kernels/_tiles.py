@@ -451,7 +451,7 @@ def backward_data(dy: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray:
     pointwise = cv.pointwise
     max_elems = 0 if pointwise else max(nb * (c1 - c0) for (_, nb, c0, c1) in units) * kk * pc
     scratch = Scratch(dy.dtype, slots_for(len(units)), {"cols": max_elems}, {})
-    dx4 = dx.reshape(n, g, cg, p)
+    dx4 = dx.reshape(n, g, cg, cv.h * cv.w)
     wt = w.reshape(g, mg, cg * kk).transpose(0, 2, 1)  # (G, Cg*KK, Mg), a view BLAS reads transposed
     dy4 = dy.reshape(n, g, mg, p)
 
