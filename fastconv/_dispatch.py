@@ -258,7 +258,7 @@ def _estimate_prim(name: str, prim: str, cv, isz: int, threads: int) -> tuple[fl
         t = _gemm(mg * kk, cg, h * w, n * g, peak) + (z_bytes + 2 * n * m * kk * p * isz) / MEM_BW
         note = "GEMM on the input, shift-and-add"
         if executed > 1.5 * useful:
-            note += f" ({executed / useful:.1f}x the useful flops: stride)"
+            note += f" (Z at every input position: {executed / useful:.1f}x the useful flops)"
         return t / tiles_par, executed, note
     mem = 2 * cols_bytes
     return (_gemm(mg, p, cg, n * g * kk, peak) + mem / MEM_BW) / tiles_par, useful, "one GEMM per tap"
@@ -289,13 +289,20 @@ def _candidates(p: Problem) -> list[Candidate]:
     return [estimate(name, p) for name in _registry.names()]
 
 
+#: Equal estimates (the two GEMM strategies share backward_data and the 1x1 GEMM) go to the first here.
+TIE_ORDER = ("col2im", "im2col", "direct")
+
+
 def _model_choice(p: Problem) -> tuple[str, list[Candidate]]:
     cands = _candidates(p)
     feasible = [c for c in cands if c.feasible]
     if not feasible:
         return "direct", cands
-    best = min(feasible, key=lambda c: (c.seconds, c.scratch_bytes))
-    return best.name, cands
+
+    def rank(c: Candidate) -> tuple:
+        return (c.seconds, TIE_ORDER.index(c.name) if c.name in TIE_ORDER else len(TIE_ORDER))
+
+    return min(feasible, key=rank).name, cands
 
 
 # --------------------------------------------------------------------------- measuring
@@ -499,7 +506,7 @@ def explain(
         others = ", ".join(f"{n} {t * 1e3:.3f} ms" for n, t in sorted(timings.items(), key=lambda kv: kv[1]))
         reason = f"fastest when measured ({others})"
     elif len(feasible) > 1:
-        runner_up = feasible[1]
+        runner_up = next(c for c in feasible if c.name != name)
         reason = (
             f"lowest estimated time {by_name[name].seconds * 1e3:.3f} ms "
             f"(next: {runner_up.name} {runner_up.seconds * 1e3:.3f} ms); {by_name[name].note}"
@@ -590,7 +597,13 @@ def clear_autotune_cache(disk: bool = False) -> None:
 
 
 def _warn(msg: str) -> None:
-    warnings.warn(msg, AutotuneCacheWarning, stacklevel=4)
+    """Warn with the caller's line outside fastconv as the location."""
+    pkg = str(Path(__file__).resolve().parent)
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(pkg):
+        level += 1
+        frame = frame.f_back
+    warnings.warn(msg, AutotuneCacheWarning, stacklevel=level)
 
 
 def _read_cache(path: Path) -> dict[str, dict]:
