@@ -314,6 +314,23 @@ def _cache_line() -> str:
     return f"{where} (default: next to the kernel modules; {n} cached kernel indexes)"
 
 
+def _dispatch_lines(fc: Any) -> list[str]:
+    """Workspace limit and autotune cache (when this fastconv has them)."""
+    lines = []
+    if hasattr(fc, "get_workspace_limit"):
+        limit = fc.get_workspace_limit()
+        env = os.environ.get("FASTCONV_WORKSPACE_BYTES")
+        lines.append(f"workspace  {limit} bytes ({limit / 2**20:.0f} MiB) for GEMM scratch"
+                     + (f" (FASTCONV_WORKSPACE_BYTES={env})" if env else ""))
+    try:
+        from . import _dispatch
+
+        lines.append(f"autotune   cache file {_dispatch.cache_path()}")
+    except Exception:  # noqa: BLE001  (older layouts have no autotune cache)
+        pass
+    return lines
+
+
 def info_lines() -> list[str]:
     import numba
 
@@ -344,6 +361,7 @@ def info_lines() -> list[str]:
         lines.append(("SIMD       " if i == 0 else "           ") + s)
     lines.append(f"fastmath   {', '.join(sorted(_options.FASTMATH))} (never nnan/ninf)")
     lines.append(f"cache      {_cache_line()}")
+    lines.extend(_dispatch_lines(fc))
     from ._registry import get
 
     for name in fc.STRATEGIES:
