@@ -816,13 +816,19 @@ def _auto_label(layer: ConvLayer | PoolLayer) -> str:
 
 
 def _resolved(layer: ConvLayer, op: str) -> str:
-    """The strategy "auto" picks for ``layer`` (private dispatch API; "?" if it cannot be asked)."""
+    """The strategy "auto" picks for ``layer`` now (at the current thread count); "?" if it cannot be asked."""
+    name = "conv2d" if op == "fwd" else "conv2d_backward"
     try:
+        import fastconv
+
+        choose = getattr(fastconv, "choose_strategy", None)
+        if choose is not None:
+            return str(choose(name, layer.x, layer.w, layer.stride, layer.pad, layer.dilation, layer.groups,
+                              "float32"))
         from ._dispatch import resolve
         from ._params import conv_geometry
 
         geom, _ = conv_geometry(layer.x, layer.w, layer.stride, layer.pad, layer.dilation, layer.groups)
-        name = "conv2d" if op == "fwd" else "conv2d_backward"
         return resolve("auto", name, layer.x, layer.w, geom, np.dtype(np.float32)).name
     except Exception:  # noqa: BLE001 -- informative only
         return "?"
@@ -836,7 +842,8 @@ def _geomean(values: list[float]) -> float | None:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
 
-def build_report(results: dict[tuple[str, str], list[Candidate]], st: Settings) -> dict[str, Any]:
+def build_report(results: dict[tuple[str, str], list[Candidate]], st: Settings,
+                 auto_names: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
     """Per (layer, op): medians, speedups and GFLOP/s, as plain data."""
     rows: dict[str, dict[str, dict[str, Any]]] = {op: {} for op in st.ops}
     for (name, op), cands in results.items():
@@ -857,7 +864,7 @@ def build_report(results: dict[tuple[str, str], list[Candidate]], st: Settings) 
         }
         if isinstance(layer, ConvLayer):
             mult = 1 if op == "fwd" else 3
-            row["auto_strategy"] = _resolved(layer, op)
+            row["auto_strategy"] = (auto_names or {}).get((name, op), "?")
             row["gflops"] = {lab: mult * layer.flops / t / 1e9 for lab, t in med.items()
                              if t and by[lab].library != "numpy"}
             if "sgemm" in med and med["sgemm"]:
@@ -1186,6 +1193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     fastconv.set_num_threads(args.threads)
     results: dict[tuple[str, str], list[Candidate]] = {}
+    auto_names: dict[tuple[str, str], str] = {}
     try:
         with _blas_limits(args.threads):
             env = environment(args.threads, use_torch)
@@ -1199,6 +1207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for layer in st.layers:
                     for op in st.ops:
                         results[(layer.name, op)] = measure(layer, op, st, progress)
+                        if isinstance(layer, ConvLayer):
+                            auto_names[(layer.name, op)] = _resolved(layer, op)
             finally:
                 progress.close()
             gemms = sorted({lay.gemm for lay in st.layers if lay.gemm is not None and "fwd" in st.ops})
@@ -1218,7 +1228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup = None
     env["loadavg_end"] = _loadavg()
     env["numba_threading_layer"] = env.get("numba_threading_layer") or _threading_layer()
-    rows = build_report(results, st)
+    rows = build_report(results, st, auto_names)
     targets = evaluate_targets(rows, startup, st)
     print(render(rows, env, st, peak, coretype_free, startup, targets), end="")
     if args.json:
