@@ -678,6 +678,30 @@ t2 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "first_conv2d": t2 - t1, "total": t2 - t0}))
 """
 
+# The floor any numba package pays: import numba, then the first call of a trivial cached parallel
+# kernel (loading it from the cache makes numba import its own registries, e.g. numba.np.arraymath).
+_FLOOR_MODULE = """
+import numba
+@numba.njit(cache=True, parallel=True)
+def trivial(a):
+    for i in numba.prange(a.shape[0]):
+        a[i] += 1.0
+    return a
+"""
+_FLOOR_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+a = np.zeros(16, dtype=np.float32)
+sys.path.insert(0, sys.argv[1])
+t0 = time.perf_counter()
+import numba
+t1 = time.perf_counter()
+import _fastconv_bench_trivial
+_fastconv_bench_trivial.trivial(a)
+t2 = time.perf_counter()
+print(json.dumps({"import_numba": t1 - t0, "first_cached_call": t2 - t1, "total": t2 - t0}))
+"""
+
 _COLD_SCRIPT = r"""
 import json, time, traceback
 import numpy as np
@@ -775,6 +799,13 @@ def measure_startup(threads: int, runs: int = 3) -> dict[str, Any]:
             out["warm"] = {k: statistics.median(r[k] for r in res) for k in ("import", "first_conv2d", "total",
                                                                               "process_wall")}
             out["warm"]["runs"] = runs
+    with tempfile.TemporaryDirectory(prefix="fastconv-numba-floor-") as tmp:
+        Path(tmp, "_fastconv_bench_trivial.py").write_text(_FLOOR_MODULE)
+        first = _run_script(_FLOOR_SCRIPT, [tmp], env, 300)  # compiles and caches
+        res = [first] if "error" in first else [_run_script(_FLOOR_SCRIPT, [tmp], env, 120) for _ in range(runs)]
+        errors = [r for r in res if "error" in r]
+        out["numba_floor"] = errors[0] if errors else {
+            k: statistics.median(r[k] for r in res) for k in ("import_numba", "first_cached_call", "total")}
     layers = [[list(lay.x), list(lay.w), lay.stride, lay.pad, lay.dilation, lay.groups] for lay in CONV_LAYERS]
     with tempfile.TemporaryDirectory(prefix="fastconv-cold-cache-") as cache:
         cold_env = dict(env)
@@ -1045,6 +1076,11 @@ def render(rows: dict[str, dict[str, dict[str, Any]]], env: dict[str, Any], st: 
             lines.append(f"- warm cache, new process: import fastconv {warm['import']:.2f} s + first conv2d (lenet1) "
                          f"{warm['first_conv2d']:.2f} s = {warm['total']:.2f} s (process wall time "
                          f"{warm['process_wall']:.2f} s; median of {warm['runs']})")
+        floor = startup.get("numba_floor", {})
+        if floor and "error" not in floor:
+            lines.append(f"- for comparison, any numba package (trivial cached parallel kernel, new process): import "
+                         f"numba {floor['import_numba']:.2f} s + first cached call {floor['first_cached_call']:.2f} s "
+                         f"= {floor['total']:.2f} s")
         if "error" in cold:
             lines.append(f"- cold compile: error: {cold['error']}")
         elif cold:
