@@ -406,4 +406,7 @@ def pool_geometry(
                 f"the output would be empty"
             )
         out.append(o)
+    # With a single output along an axis the stride plays no part (only the window at 0 exists), so the kernels get 1
+    # there: a stride beyond the input then cannot size their buffers (stride=2**31 returned garbage, 2**40 crashed).
+    stride_p = (stride_p[0] if out[0] > 1 else 1, stride_p[1] if out[1] > 1 else 1)
     return PoolGeometry(size_p, stride_p, pad_p, dil_p, (out[0], out[1]))
