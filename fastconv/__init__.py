@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from . import kernels as _kernels  # noqa: F401  (registers the strategies)
+from . import layers
 from ._config import WorkspaceTooSmallError, get_workspace_limit, set_workspace_limit, workspace_limit
 from ._dispatch import AutotuneCacheWarning, choose_strategy, explain
 from ._registry import names as _strategy_names
 from ._threads import get_num_threads, set_num_threads
+from ._warmup import warmup
 from .conv import col2im, conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward, im2col
+from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 
 __version__ = "0.1.0"
 
@@ -18,6 +21,8 @@ __all__ = [
     "STRATEGIES",
     "AutotuneCacheWarning",
     "WorkspaceTooSmallError",
+    "avg_pool2d",
+    "avg_pool2d_backward",
     "choose_strategy",
     "col2im",
     "conv2d",
@@ -28,7 +33,11 @@ __all__ = [
     "get_num_threads",
     "get_workspace_limit",
     "im2col",
+    "layers",
+    "max_pool2d",
+    "max_pool2d_backward",
     "set_num_threads",
     "set_workspace_limit",
+    "warmup",
     "workspace_limit",
 ]

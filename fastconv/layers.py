@@ -26,17 +26,11 @@ from numpy.typing import ArrayLike
 from ._dispatch import accepted_names
 from ._params import as_int, conv_padding, int_pair
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
+from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 
 __all__ = ["AvgPool2d", "Conv2d", "ConvTranspose2d", "Convolution", "MaxPool2d", "Pooling"]
 
 _LAYER_DTYPES = ("float32", "float64")
-
-
-def _pool_api():
-    # Imported on use: the pooling functions live in fastconv.pool.
-    from . import pool
-
-    return pool
 
 
 def _need_forward(layer: object, stored: Any) -> None:
@@ -136,7 +130,7 @@ class Pooling:
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         """The maximum of every ``pool_h`` x ``pool_w`` window, shape (N, C, OH, OW)."""
-        out, indices = _pool_api().max_pool2d(
+        out, indices = max_pool2d(
             x, (self.pool_h, self.pool_w), self.stride, self.pad, return_indices=True
         )
         self.x, self.indices = x, indices  # type: ignore[assignment]
@@ -145,7 +139,7 @@ class Pooling:
     def backward(self, dout: ArrayLike) -> np.ndarray:
         """Return ``dx``: each ``dout`` value added to the position of its window's maximum."""
         _need_forward(self, self.x)
-        return _pool_api().max_pool2d_backward(
+        return max_pool2d_backward(
             dout, np.shape(self.x), (self.pool_h, self.pool_w), self.stride, self.pad, indices=self.indices
         )
 
@@ -447,7 +441,7 @@ class MaxPool2d:
 
     def forward(self, x: ArrayLike) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """The window maxima (and, with ``return_indices``, their flat positions)."""
-        y, indices = _pool_api().max_pool2d(
+        y, indices = max_pool2d(
             x, self.kernel_size, self.stride, self.padding, self.dilation, ceil_mode=self.ceil_mode,
             return_indices=True,
         )
@@ -460,7 +454,7 @@ class MaxPool2d:
     def backward(self, dy: ArrayLike) -> np.ndarray:
         """Return ``dx``: each ``dy`` value added at its window's maximum."""
         _need_forward(self, self.x)
-        return _pool_api().max_pool2d_backward(
+        return max_pool2d_backward(
             dy, np.shape(self.x), self.kernel_size, self.stride, self.padding, self.dilation,
             ceil_mode=self.ceil_mode, indices=self.indices,
         )
@@ -513,7 +507,7 @@ class AvgPool2d:
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         """The window averages, shape (N, C, OH, OW)."""
-        y = _pool_api().avg_pool2d(x, self.kernel_size, self.stride, self.padding, **self._kw())
+        y = avg_pool2d(x, self.kernel_size, self.stride, self.padding, **self._kw())
         self.x = x  # type: ignore[assignment]
         return y
 
@@ -523,7 +517,7 @@ class AvgPool2d:
     def backward(self, dy: ArrayLike) -> np.ndarray:
         """Return ``dx``: each ``dy`` value spread over its window, divided by the window's divisor."""
         _need_forward(self, self.x)
-        return _pool_api().avg_pool2d_backward(dy, np.shape(self.x), self.kernel_size, self.stride, self.padding,
+        return avg_pool2d_backward(dy, np.shape(self.x), self.kernel_size, self.stride, self.padding,
                                                **self._kw())
 
     def __repr__(self) -> str:
