@@ -1,4 +1,4 @@
-"""``python -m fastconv``: the Quick-start job, ``info``, ``check`` and ``bench``.
+"""``python -m fastconv``: the Quick-start job, ``info``, ``check``, ``warmup`` and ``bench``.
 
 Without a subcommand, runs a few typical layers with every strategy and prints a table of
 timings and errors against the float64 NumPy reference in :mod:`fastconv._check`.
@@ -112,11 +112,11 @@ def _strategies(arg: str | None) -> tuple[str, ...]:
     return chosen
 
 
-def _dtypes(arg: str) -> tuple[str, ...]:
+def _dtypes(arg: str, option: str = "--dtype") -> tuple[str, ...]:
     chosen = tuple(s.strip() for s in arg.split(",") if s.strip())
     bad = [s for s in chosen if s not in DTYPES]
     if bad or not chosen:
-        raise SystemExit(f"fastconv: --dtype must be a comma-separated subset of {', '.join(DTYPES)}; got {arg!r}")
+        raise SystemExit(f"fastconv: {option} must be a comma-separated subset of {', '.join(DTYPES)}; got {arg!r}")
     return chosen
 
 
@@ -482,6 +482,28 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"FAILED: {len(failures)} of {len(jobs)} calls disagree with the reference")
         return 1
     print(f"OK: all {len(jobs)} calls agree with the float64 reference")
+    return 0
+
+
+# --------------------------------------------------------------------------- warmup
+
+
+def _args_warmup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtypes", "--dtype", dest="dtypes", default="float32,float64", metavar="DTYPES",
+                   help="comma-separated compute dtypes to compile for (default float32,float64)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+@subcommand("warmup", "compile every kernel now (fastconv.warmup), with a progress bar", _args_warmup)
+def _cmd_warmup(args: argparse.Namespace) -> int:
+    fc = _fastconv()
+    dtypes = _dtypes(args.dtypes, "--dtypes")
+    t0 = time.perf_counter()
+    n = fc.warmup(dtypes, progress=not args.no_progress)
+    elapsed = time.perf_counter() - t0
+    print(f"warmup: {n} op calls ({', '.join(dtypes)}; every strategy, forward and backward) in {elapsed:.1f} s; "
+          "every kernel is compiled or loaded from the numba cache")
+    print(f"cache      {_cache_line()}")
     return 0
 
 

@@ -227,12 +227,58 @@ def test_unknown_strategy_is_an_error():
         cli.main(["check", "--strategy", "nope"])
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["info", "--help"], ["check", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["-h"]] + [[name, "--help"] for name in cli.SUBCOMMANDS])
 def test_help(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(argv)
-    assert exc.value.code == 0
-    assert "usage: python -m fastconv" in capsys.readouterr().out
+    """``--help`` works on the main job and on every subcommand (bench parses its own)."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m fastconv" + (f" {argv[0]}" if len(argv) > 1 else ""))
+    assert "--help" in out
+
+
+def test_every_issue_subcommand_is_registered():
+    assert {"info", "check", "bench", "warmup"} <= set(cli.SUBCOMMANDS)
+
+
+def test_warmup_subcommand(capsys):
+    """``python -m fastconv warmup`` compiles (or loads) every kernel of the dtypes; --no-progress is quiet."""
+    assert cli.main(["warmup", "--dtypes", "float64", "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    n = fastconv.warmup("float64")  # the same calls as the subcommand made
+    lines = _lines(out.out)
+    assert re.fullmatch(rf"warmup: {n} op calls \(float64; every strategy, forward and backward\) in \d+\.\d s; "
+                        r"every kernel is compiled or loaded from the numba cache", lines[0]), lines
+    assert lines[1].startswith("cache      ")
+
+
+def test_warmup_subcommand_passes_dtypes_and_shows_a_progress_bar(monkeypatch, capsys):
+    seen = []
+    real = fastconv.warmup
+
+    def spy(dtypes, *, progress):
+        seen.append((dtypes, progress))
+        return real(dtypes, progress=progress)
+
+    monkeypatch.setattr(fastconv, "warmup", spy)
+    assert cli.main(["warmup", "--dtypes", "float64"]) == 0
+    assert cli.main(["warmup", "--dtype", "float32,float64", "--no-progress"]) == 0
+    assert seen == [(("float64",), True), (("float32", "float64"), False)]
+    out = capsys.readouterr()
+    n = real("float64")
+    # the bar (tqdm when installed, else fastconv's text bar) ends at n/n on stderr; stdout has the summary only
+    assert "warmup" in out.err and f"{n}/{n}" in out.err
+    assert f"{n}/{n}" not in out.out
+
+
+@pytest.mark.parametrize("arg", ["float16", "", "float32,int8"])
+def test_warmup_subcommand_rejects_other_dtypes(arg):
+    with pytest.raises(SystemExit, match="--dtypes must be a comma-separated subset of float32, float64"):
+        cli.main(["warmup", "--dtypes", arg])
 
 
 def test_unknown_option_is_an_error(capsys):
