@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
 import threading
@@ -150,13 +151,25 @@ def _public_problem(op, x_shape, w_shape, stride, pad, dilation, groups, dtype, 
         # output_pad is validated here but, as in resolve(), the model sizes the output with
         # output_pad = 0 (it changes the size by less than a stride), so that choose_strategy
         # names exactly the strategy strategy="auto" runs.
-        geom, _ = transposed_geometry(xs, ws, stride, pad, output_pad, dilation, groups)
+        geom, _ = _shape_errors(transposed_geometry, xs, ws, stride, pad, output_pad, dilation, groups)
         return _problem(op, xs, ws, geom, dt)
     if int_pair("output_pad", output_pad, 0) != (0, 0):
         raise ValueError(f"output_pad applies to the conv_transpose2d ops only; got output_pad={output_pad!r} "
                          f"with op={op!r}")
-    geom, out = conv_geometry(xs, ws, stride, pad, dilation, groups)
+    geom, out = _shape_errors(conv_geometry, xs, ws, stride, pad, dilation, groups)
     return _problem(op, xs, ws, geom, dt, out)
+
+
+def _shape_errors(geometry, xs, ws, *args):
+    """``geometry(xs, ws, *args)``; its errors about the op's ``x`` / ``w`` also name ``x_shape`` / ``w_shape``."""
+    try:
+        return geometry(xs, ws, *args)
+    except ValueError as exc:
+        msg = str(exc)
+        if re.search(r"(?<![A-Za-z0-9_])[xw](?![A-Za-z0-9_])", msg) is None:
+            raise
+        raise ValueError(f"{msg} (x is the op's input of shape x_shape={xs}, w its weight of shape w_shape={ws})") \
+            from None
 
 
 # --------------------------------------------------------------------------- the cost model
@@ -496,6 +509,8 @@ def explain(
     strategy is the measured winner.  ``print(fastconv.explain(...))`` shows it as a table.
     """
     p = _public_problem(op, x_shape, w_shape, stride, pad, dilation, groups, dtype, output_pad)
+    if not isinstance(measure, (bool, np.bool_)):
+        raise TypeError(f"measure must be a bool; got {measure!r}")
     name, cands = _model_choice(p)
     timings = None
     by_name = {c.name: c for c in cands}

@@ -288,6 +288,72 @@ def _b_warmup(draw):
     return fastconv.warmup, dict(dtypes="float64", progress=None), bad
 
 
+_OPS = ("conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward")
+BAD_OP = ["", "conv", "Conv2d", "conv2d ", "max_pool2d", None, 1, b"conv2d", ("conv2d",), _Opaque()]
+BAD_DTYPE = ["complex128", np.complex64, "float128", np.longdouble, "U3", object, "M8[s]", "f8,f8", [("f", "f8")],
+             "nope", 3, 1.5, _Opaque(), np.zeros(2, np.complex128)]
+BAD_MEASURE = BAD_BOOL
+BAD_NBYTES = [0, -1, -(2**20), 1.5, "1024", b"1", True, np.float64(1024.0), np.array([1024]), *HUGE, _Opaque()]
+
+
+def _b_choose(fn, draw):
+    op = draw(st.sampled_from(_OPS))
+    transposed = op.startswith("conv_transpose2d")
+    args, _ = draw(_conv_call(transposed))
+    x, w = args["x"], args["w"]
+    shapes_as_arrays = draw(st.booleans())
+    call = dict(op=op, x_shape=x if shapes_as_arrays else x.shape, w_shape=w if shapes_as_arrays else list(w.shape),
+                stride=args["stride"], pad=args["pad"], dilation=args["dilation"], groups=args["groups"],
+                dtype=draw(st.sampled_from(["float32", np.float64, np.float16, "int8", np.bool_, x.dtype])),
+                output_pad=args.get("output_pad", 0), measure=False)
+    w_other = (w.shape[0] + 1, *w.shape[1:]) if transposed else (w.shape[0], w.shape[1] + 1, *w.shape[2:])
+    bad = dict(
+        op=BAD_OP,
+        x_shape=BAD_X_SHAPE + _bad_arrays(x)[:-4] + [(x.shape[0], 0, *x.shape[2:]), (*x.shape[:2], 0, x.shape[3])],
+        # a 1000x1000 kernel overhangs the tiny input of a conv2d (it is valid for a transposed one)
+        w_shape=BAD_X_SHAPE + [w_other, (*w.shape[:3], 0)] + ([] if transposed else [(*w.shape[:2], 1000, 1000)]),
+        stride=BAD_POS_PAIR, pad=BAD_CONV_PAD, dilation=BAD_POS_PAIR, groups=BAD_GROUPS, dtype=BAD_DTYPE,
+        output_pad=BAD_OUTPUT_PAD + ([1] if not transposed else []), measure=BAD_MEASURE,
+    )
+    return fn, call, bad
+
+
+def _b_choose_strategy(draw):
+    return _b_choose(fastconv.choose_strategy, draw)
+
+
+def _b_explain(draw):
+    return _b_choose(fastconv.explain, draw)
+
+
+def _b_set_workspace_limit(draw):
+    fn = _restoring(fastconv.set_workspace_limit)
+    return fn, dict(nbytes=draw(st.sampled_from([None, 1, 2**20, fastconv.get_workspace_limit()]))), dict(
+        nbytes=BAD_NBYTES)
+
+
+def _enter_workspace_limit(nbytes):
+    """``with fastconv.workspace_limit(nbytes): ...`` (the context manager validates when entered)."""
+    with fastconv.workspace_limit(nbytes):
+        return np.zeros(1)
+
+
+def _restoring(fn):
+    def call(**kwargs):
+        old = fastconv.get_workspace_limit()
+        try:
+            fn(**kwargs)
+        finally:
+            fastconv.set_workspace_limit(old)
+        return np.zeros(1)
+
+    return call
+
+
+def _b_workspace_limit(draw):
+    return _enter_workspace_limit, dict(nbytes=draw(st.sampled_from([None, 1, 2**20]))), dict(nbytes=BAD_NBYTES)
+
+
 BUILDERS = {
     "conv2d": _b_conv2d,
     "conv2d_backward": _b_conv2d_backward,
@@ -301,12 +367,16 @@ BUILDERS = {
     "col2im": _b_col2im,
     "set_num_threads": _b_set_num_threads,
     "warmup": _b_warmup,
+    "choose_strategy": _b_choose_strategy,
+    "explain": _b_explain,
+    "set_workspace_limit": _b_set_workspace_limit,
+    "workspace_limit": _b_workspace_limit,
 }
 # A valid warmup call compiles every kernel (slow): it is fuzzed only with one bad argument at a time.
 _NO_COMBINATIONS = {"warmup"}
 
 # Public functions taking arguments: every one must have a builder here (new ones get a failing test).
-_NO_ARGS = {"get_num_threads"}
+_NO_ARGS = {"get_num_threads", "get_workspace_limit"}
 
 
 def test_every_public_function_is_fuzzed():
@@ -361,6 +431,13 @@ def test_any_combination(fname, data, restore_threads):
     out, exc = _call(fn, args)
     if exc is not None:
         assert any(_names(str(exc), name) for name in args), f"{fname}: the error names no argument: {exc!r}"
+        return
+    if fname == "choose_strategy":
+        name = out[0] if isinstance(out, tuple) else out
+        assert name in fastconv.STRATEGIES, out
+        return
+    if fname == "explain":
+        assert out.strategy in fastconv.STRATEGIES and str(out)
         return
     for a in out if isinstance(out, tuple) else (out,):
         assert a is None or isinstance(a, np.ndarray)
