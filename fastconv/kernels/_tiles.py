@@ -285,6 +285,74 @@ def _valid_cols(w_in, ow_, sw, off):
     return lo, hi
 
 
+_U = np.uint64  # unsigned indices: numba emits no negative-index wraparound, so LLVM vectorises the copies
+
+
+@kernel
+def _copy(dst, d0, src, s0, n):
+    """``dst[d0:d0+n] = src[s0:s0+n]`` (1-D, not overlapping); short rows as 8-wide blocks, the last overlapping."""
+    d = _U(d0)
+    s = _U(s0)
+    if n >= 32 or n < 8:
+        for u in range(n):
+            dst[d + _U(u)] = src[s + _U(u)]
+        return
+    k = _U(0)
+    last = _U(n - 8)
+    while k < last:
+        for u in range(8):
+            dst[d + k + _U(u)] = src[s + k + _U(u)]
+        k += _U(8)
+    for u in range(8):
+        dst[d + last + _U(u)] = src[s + last + _U(u)]
+
+
+@kernel
+def _copy_strided(dst, d0, src, s0, n, step):
+    """``dst[d0 + u] = src[s0 + u*step]`` for ``u < n``."""
+    d = _U(d0)
+    s = _U(s0)
+    st = _U(step)
+    for u in range(n):
+        dst[d + _U(u)] = src[s + _U(u) * st]
+
+
+@kernel
+def _zero(dst, d0, n):
+    d = _U(d0)
+    for u in range(n):
+        dst[d + _U(u)] = 0
+
+
+@kernel
+def _add(dst, d0, src, s0, n):
+    """``dst[d0:d0+n] += src[s0:s0+n]`` in 8-wide blocks, then the tail (each element added once)."""
+    d = _U(d0)
+    s = _U(s0)
+    if n >= 32:
+        for u in range(n):
+            dst[d + _U(u)] += src[s + _U(u)]
+        return
+    k = _U(0)
+    full = _U(n - n % 8)
+    while k < full:
+        for u in range(8):
+            dst[d + k + _U(u)] += src[s + k + _U(u)]
+        k += _U(8)
+    for u in range(n % 8):
+        dst[d + full + _U(u)] += src[s + full + _U(u)]
+
+
+@kernel
+def _add_strided(dst, d0, src, s0, n, step):
+    """``dst[d0 + u*step] += src[s0 + u]`` for ``u < n``."""
+    d = _U(d0)
+    s = _U(s0)
+    st = _U(step)
+    for u in range(n):
+        dst[d + _U(u) * st] += src[s + _U(u)]
+
+
 @kernel
 def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, kw_, sh, sw, dh, dw, pt, pl, ow_, s_n, s_r):
     """im2col of one tile into the flat buffer ``out``.
@@ -292,53 +360,47 @@ def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, kw_, sh, sw, dh, dw, 
     ``out[nl*s_n + r*s_r + j] = x_padded[n0+nl, c, oh*sh + kh*dh, ow*sw + kw*dw]`` for the
     channels ``c0 <= c < c1``, taps ``t = kh*KW + kw`` in ``[t0, t1)``, row
     ``r = (c - c0)*(t1 - t0) + (t - t0)`` and output pixel ``p0 + j = oh*OW + ow``
-    (zero where the window lies in the padding).  Loops run over 0-based slices so that
-    LLVM sees non-negative indices (no wraparound checks) and vectorises the copies.
+    (zero where the window lies in the padding).  ``x`` is C-contiguous; each output row
+    segment is one copy with unsigned flat indices (no per-element bounds or wraparound
+    logic), so short rows cost a few vector moves.
     """
-    h_in, w_in = x.shape[2], x.shape[3]
+    c_, h_in, w_in = x.shape[1], x.shape[2], x.shape[3]
+    if pc <= 0:
+        return
+    xf = x.reshape(x.size)
+    hw = h_in * w_in
     nt = t1 - t0
+    r0 = p0 // ow_
+    r1 = (p0 + pc - 1) // ow_ + 1
     for nl in range(nb):
-        n = n0 + nl
         for c in range(c0, c1):
-            plane = x[n, c]
+            xb = ((n0 + nl) * c_ + c) * hw
             for t in range(t0, t1):
                 kh = t // kw_
                 kw = t - kh * kw_
                 off = kw * dw - pl
                 lo, hi = _valid_cols(w_in, ow_, sw, off)
-                dst = out[nl * s_n + ((c - c0) * nt + (t - t0)) * s_r:]
-                j = 0
-                oh = p0 // ow_
-                ow = p0 - oh * ow_
-                while j < pc:
-                    seg = min(ow_ - ow, pc - j)
-                    end = ow + seg
-                    drow = dst[j:j + seg]  # output columns ow .. end-1 of row oh
+                db = nl * s_n + ((c - c0) * nt + (t - t0)) * s_r - p0  # + pixel index
+                for oh in range(r0, r1):
+                    rb = oh * ow_
+                    ca = max(p0 - rb, 0)
+                    cb = min(p0 + pc - rb, ow_)
+                    d = db + rb
                     ih = oh * sh - pt + kh * dh
                     if ih < 0 or ih >= h_in:
-                        for q in range(seg):
-                            drow[q] = 0
+                        _zero(out, d + ca, cb - ca)
+                        continue
+                    a = min(max(ca, lo), cb)
+                    b = max(min(cb, hi), a)
+                    if a > ca:
+                        _zero(out, d + ca, a - ca)
+                    s = xb + ih * w_in + off
+                    if sw == 1:
+                        _copy(out, d + a, xf, s + a, b - a)
                     else:
-                        a = min(max(ow, lo), end)
-                        b = max(min(end, hi), a)
-                        for q in range(a - ow):
-                            drow[q] = 0
-                        if sw == 1:
-                            src = plane[ih, a + off:b + off]
-                            mid = drow[a - ow:b - ow]
-                            for q in range(b - a):
-                                mid[q] = src[q]
-                        else:
-                            src = plane[ih, a * sw + off:]
-                            mid = drow[a - ow:b - ow]
-                            for q in range(b - a):
-                                mid[q] = src[q * sw]
-                        tail = drow[b - ow:]
-                        for q in range(end - b):
-                            tail[q] = 0
-                    j += seg
-                    oh += 1
-                    ow = 0
+                        _copy_strided(out, d + a, xf, s + a * sw, b - a, sw)
+                    if cb > b:
+                        _zero(out, d + b, cb - b)
 
 
 @kernel
@@ -348,52 +410,47 @@ def scatter_patches(src, dx, n0, nb, p0, pc, c0, c1, kh_, kw_, sh, sw, dh, dw, p
     The tile owns the planes ``dx[n0:n0+nb, c0:c1]``; every element is accumulated in the
     fixed order (tap, pixel), so the result does not depend on which thread runs the tile.
     """
-    h_in, w_in = dx.shape[2], dx.shape[3]
+    c_, h_in, w_in = dx.shape[1], dx.shape[2], dx.shape[3]
+    if pc <= 0:
+        return
+    xf = dx.reshape(dx.size)
+    hw = h_in * w_in
     nt = kh_ * kw_
+    r0 = p0 // ow_
+    r1 = (p0 + pc - 1) // ow_ + 1
     for nl in range(nb):
-        n = n0 + nl
         for c in range(c0, c1):
-            plane = dx[n, c]
+            xb = ((n0 + nl) * c_ + c) * hw
             for t in range(nt):
                 kh = t // kw_
                 kw = t - kh * kw_
                 off = kw * dw - pl
                 lo, hi = _valid_cols(w_in, ow_, sw, off)
-                s = src[nl * s_n + ((c - c0) * nt + t) * s_r:]
-                j = 0
-                oh = p0 // ow_
-                ow = p0 - oh * ow_
-                while j < pc:
-                    seg = min(ow_ - ow, pc - j)
-                    end = ow + seg
+                sb = nl * s_n + ((c - c0) * nt + t) * s_r - p0
+                for oh in range(r0, r1):
                     ih = oh * sh - pt + kh * dh
-                    if 0 <= ih < h_in:
-                        a = min(max(ow, lo), end)
-                        b = max(min(end, hi), a)
-                        srow = s[j + a - ow:j + b - ow]
-                        if sw == 1:
-                            drow = plane[ih, a + off:b + off]
-                            for q in range(b - a):
-                                drow[q] += srow[q]
-                        else:
-                            drow = plane[ih, a * sw + off:]
-                            for q in range(b - a):
-                                drow[q * sw] += srow[q]
-                    j += seg
-                    oh += 1
-                    ow = 0
+                    if ih < 0 or ih >= h_in:
+                        continue
+                    rb = oh * ow_
+                    a = max(max(p0 - rb, 0), lo)
+                    b = min(min(p0 + pc - rb, ow_), hi)
+                    if b <= a:
+                        continue
+                    d = xb + ih * w_in + off
+                    if sw == 1:
+                        _add(xf, d + a, src, sb + rb + a, b - a)
+                    else:
+                        _add_strided(xf, d + a * sw, src, sb + rb + a, b - a, sw)
 
 
 @kernel
 def gather_dy(dy3, out, n0, nb, p0, pc):
     """``out[m, nl*pc + j] = dy3[n0 + nl, m, p0 + j]`` (images side by side along the GEMM's K)."""
-    m_ = dy3.shape[1]
+    m_, p_ = dy3.shape[1], dy3.shape[2]
+    f = dy3.reshape(dy3.size)
     for m in range(m_):
         for nl in range(nb):
-            src = dy3[n0 + nl, m, p0:p0 + pc]
-            dst = out[(m * nb + nl) * pc:(m * nb + nl + 1) * pc]
-            for j in range(pc):
-                dst[j] = src[j]
+            _copy(out, (m * nb + nl) * pc, f, ((n0 + nl) * m_ + m) * p_ + p0, pc)
 
 
 # --------------------------------------------------------------------------- backward_data: GEMM, then col2im
