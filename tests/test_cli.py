@@ -329,7 +329,7 @@ def test_python_dash_m_runs():
 # --------------------------------------------------------------------------- documentation examples
 
 _DOCS = ["README.md", "docs/api.md", "docs/semantics.md", "docs/quickstart.md", "docs/strategies.md",
-]
+         "docs/migration.md"]
 
 
 def _doc_blocks(text: str) -> list[str]:
