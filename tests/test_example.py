@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,27 @@ def test_softmax_cross_entropy_gradient_matches_finite_differences(train_digits)
         num[i] = (train_digits.softmax_cross_entropy(logits + d, labels)[0]
                   - train_digits.softmax_cross_entropy(logits - d, labels)[0]) / (2 * eps)
     np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-8)  # central differences, float64: ~1e-9 error
+
+
+def test_progress_bar_without_tqdm(train_digits, monkeypatch, capsys):
+    """Without tqdm the example still shows a bar per epoch (on a terminal) and prints each epoch's summary."""
+    import io
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # "import tqdm.auto" now raises ImportError
+    train_digits.train(epochs=1, seed=1, quiet=False)
+    assert re.match(r"epoch 1/1: loss \d+\.\d+, test accuracy \d+\.\d+%, \d+\.\d s$", capsys.readouterr().out)
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    bar = train_digits.TextBar(4, "epoch 2/3", stream=stream)
+    for i in bar:
+        bar.set_postfix(loss=f"{i:.3f}")
+    bar.set_postfix_str("done")
+    bar.close()
+    assert "\repoch 2/3 [##########..........] 2/4 loss=1.000" in stream.getvalue()
+    assert "\repoch 2/3 [####################] 4/4 loss=3.000" in stream.getvalue()
+    assert capsys.readouterr().out == "epoch 2/3: done\n"

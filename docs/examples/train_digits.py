@@ -22,6 +22,7 @@ or from Python::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -144,14 +145,44 @@ class Adam:
             getattr(layer, name)[...] -= (scale * m / (np.sqrt(v) + self.eps)).astype(DTYPE)
 
 
+class TextBar:
+    """A minimal stand-in for tqdm: ``epoch 3/15 [#####.....] 23/45 loss=0.123`` redrawn on a terminal's stderr."""
+
+    def __init__(self, n: int, desc: str, stream=None) -> None:
+        self.n, self.desc, self.postfix = n, desc, ""
+        self.stream = sys.stderr if stream is None else stream
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())  # in a log file, only the summary line
+
+    def __iter__(self):
+        for i in range(self.n):
+            yield i
+            if self.live:
+                done = 20 * (i + 1) // self.n
+                self.stream.write(f"\r{self.desc} [{'#' * done}{'.' * (20 - done)}] {i + 1}/{self.n} {self.postfix}")
+                self.stream.flush()
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\r\033[K")  # clear the bar; train() prints the epoch's summary line
+            self.stream.flush()
+        print(f"{self.desc}: {self.postfix}", flush=True)
+
+
 def _batches(quiet: bool, n_batches: int, epoch: int, epochs: int):
-    """Batch numbers for one epoch, with a tqdm bar when tqdm is installed and output is wanted."""
+    """(bar, batch numbers) for one epoch: a tqdm bar when tqdm is installed, else a :class:`TextBar`."""
     if quiet:
         return None, range(n_batches)
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return None, range(n_batches)
+        bar = TextBar(n_batches, f"epoch {epoch}/{epochs}")
+        return bar, bar
     bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True)
     return bar, bar
 
@@ -168,8 +199,9 @@ def train(
     """Train from scratch on the digits; return the accuracy on the held-out 20% (a fraction in [0, 1]).
 
     ``lr`` is Adam's initial learning rate (cosine decay to 0); ``augment`` shifts training images by
-    up to one pixel; ``channels`` are the two conv layers' widths.  Prints one line (or a tqdm bar,
-    if tqdm is installed) per epoch unless ``quiet``.
+    up to one pixel; ``channels`` are the two conv layers' widths.  Unless ``quiet``, shows a
+    progress bar per epoch (tqdm if installed, else a plain text bar on a terminal's stderr) ending
+    with the epoch's loss, test accuracy and elapsed time.
     """
     x_train, x_test, y_train, y_test = load_data(seed)
     net = LeNet(seed, channels)
