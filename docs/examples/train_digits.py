@@ -164,14 +164,10 @@ class TextBar:
     def set_postfix(self, refresh: bool = False, **values) -> None:
         self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
 
-    def set_postfix_str(self, text: str) -> None:
-        self.postfix = text
-
     def close(self) -> None:
         if self.live:
             self.stream.write("\r\033[K")  # clear the bar; train() prints the epoch's summary line
             self.stream.flush()
-        print(f"{self.desc}: {self.postfix}", flush=True)
 
 
 def _batches(quiet: bool, n_batches: int, epoch: int, epochs: int):
@@ -200,8 +196,8 @@ def train(
 
     ``lr`` is Adam's initial learning rate (cosine decay to 0); ``augment`` shifts training images by
     up to one pixel; ``channels`` are the two conv layers' widths.  Unless ``quiet``, shows a
-    progress bar per epoch (tqdm if installed, else a plain text bar on a terminal's stderr) ending
-    with the epoch's loss, test accuracy and elapsed time.
+    progress bar per epoch (tqdm if installed, else a plain text bar on a terminal's stderr) and
+    then a line with the epoch's loss, test accuracy and elapsed time.
     """
     x_train, x_test, y_train, y_test = load_data(seed)
     net = LeNet(seed, channels)
@@ -230,9 +226,8 @@ def train(
         elapsed = time.perf_counter() - start
         summary = f"loss {total_loss / len(x_train):.4f}, test accuracy {test_acc:.2%}, {elapsed:.1f} s"
         if bar is not None:
-            bar.set_postfix_str(summary)
             bar.close()
-        elif not quiet:
+        if not quiet:
             print(f"epoch {epoch}/{epochs}: {summary}", flush=True)
     return test_acc
 
