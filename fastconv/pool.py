@@ -145,19 +145,24 @@ def max_pool2d(
     return (y, idx) if want_idx else y
 
 
-def _indices(indices: Any, out_shape: tuple[int, ...], plane: int) -> np.ndarray:
+def _indices(indices: Any, out_shape: tuple[int, ...]) -> np.ndarray:
+    """``indices`` as C-contiguous int64 after the type and shape checks.
+
+    The range is checked by the scatter kernel (unsigned values >= 2**63 become negative int64 and fail it too).
+    """
     ia = indices if isinstance(indices, np.ndarray) else np.asarray(indices)
     if ia.dtype.kind not in "iu":
         raise TypeError(f"indices must be an integer array (as returned by max_pool2d); got dtype {ia.dtype}")
     check_shape("indices", ia, out_shape, "the shape of max_pool2d's output")
-    if ia.size:
-        lo, hi = ia.min(), ia.max()
-        if lo < 0 or hi >= plane:
-            raise ValueError(
-                f"indices must be flat positions h*W + w inside an input plane, in [0, {plane}); "
-                f"got values in [{lo}, {hi}]"
-            )
     return prepare(ia, np.dtype(np.int64))
+
+
+def _bad_indices(indices: Any, plane: int) -> ValueError:
+    ia = np.asarray(indices)
+    return ValueError(
+        f"indices must be flat positions h*W + w inside an input plane, in [0, {plane}); "
+        f"got values in [{ia.min()}, {ia.max()}]"
+    )
 
 
 def max_pool2d_backward(
@@ -198,8 +203,10 @@ def max_pool2d_backward(
     check_shape("dy", dya, out_shape, "the shape of max_pool2d's output")
     dtype = compute_dtype(dya, xa)
     if indices is not None:
-        ia = _indices(indices, out_shape, x_shape[2] * x_shape[3])
-        return max_pool_backward_indices(prepare(dya, dtype), ia, (x_shape[2], x_shape[3]))
+        dx = max_pool_backward_indices(prepare(dya, dtype), _indices(indices, out_shape), (x_shape[2], x_shape[3]))
+        if dx is None:
+            raise _bad_indices(indices, x_shape[2] * x_shape[3])
+        return dx
     if xa is None:
         raise ValueError(
             f"x must be the input array (not only its shape {x_shape}) when indices is None: "

