@@ -1,13 +1,29 @@
-"""The "direct" strategy: explicit parallel loop nests, no intermediate matrices.
+"""The "direct" strategy: explicit parallel loop nests over small per-task scratch planes.
 
-* forward: one task per (image, group, block of 4 output channels, output row); the
-  four output rows accumulate together so each input element loaded feeds 4 FMAs,
-  and the innermost loop runs over contiguous output columns.
-* backward_data: one task per (image, input channel) plane, which that task alone
-  writes (a race-free scatter into a padded plane, then a crop).
-* backward_filter: one task per (output channel, input channel) pair; each weight is
-  a sum over (image, row, column) in a fixed order, so results are bit-identical for
-  any thread count.
+Every primitive works on *flattened planes*.  A task copies the planes it reads into a
+small scratch buffer -- zero-padded and, for strides > 1, split into ``sh * sw``
+polyphase blocks -- so that every kernel tap ``(c, kh, kw)`` becomes one offset into that
+buffer and the output, laid out with the buffer's row length, is a long contiguous run
+``j``::
+
+    acc[j] = sum_t  w_t * s[off_t + j]          (j = oh * wq + ow; columns ow >= OW are junk)
+
+The sum runs over the taps eight at a time (:func:`_accumulate`: one load of ``acc``,
+eight shifted loads of ``s``, eight FMAs and one store per vector), then the valid
+columns are copied out.  No padded copy of the whole input is made, and every output
+element is written exactly once by one task.
+
+* forward: one task per (image, group, part of the group's output channels).
+* backward_data: the same with the roles swapped (scratch = the zero-padded ``dy``
+  planes of the group, taps = the flipped kernel); for strides > 1 one tap list per
+  output phase ``(ih % sh, iw % sw)``, whose results are interleaved into ``dx``.
+* backward_filter: per tap, a dot product of the ``dy`` plane (in the scratch's row
+  length, junk columns zero) with the shifted scratch (:func:`_dots`); one task per
+  (block of images, group, part of the output channels) writes its own partial sums,
+  which are then added in a fixed order, so results are bit-identical for any thread
+  count.
+
+The task split never depends on the thread count.
 """
 
 from __future__ import annotations
@@ -15,159 +31,455 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .._options import parallel_kernel
+from .._options import kernel, parallel_kernel
 from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
-from .common import crop_nchw, pad_nchw
 
-_MB = 4  # output channels accumulated together
+#: Elements of one accumulation run (rows of output are grouped into runs of about this length).
+_RUN = 4096
+#: Tasks the primitives aim for (independent of the thread count, so results are too).
+_TASKS = 16
+#: Image blocks of backward_filter's partial sums (at most).
+_NBLOCKS = 8
+
+
+# --------------------------------------------------------------------------- inner loops
+
+
+@kernel
+def _accumulate(dst, src, offs, wv, n, init):
+    """``dst[:n] (= if init else +=) sum_t wv[t] * src[offs[t]:offs[t] + n]``, eight taps per pass."""
+    nt = offs.shape[0]
+    t = 0
+    first = init
+    while t < nt:
+        k = nt - t
+        if k >= 8:
+            a0 = src[offs[t]:]
+            a1 = src[offs[t + 1]:]
+            a2 = src[offs[t + 2]:]
+            a3 = src[offs[t + 3]:]
+            a4 = src[offs[t + 4]:]
+            a5 = src[offs[t + 5]:]
+            a6 = src[offs[t + 6]:]
+            a7 = src[offs[t + 7]:]
+            c0, c1, c2, c3 = wv[t], wv[t + 1], wv[t + 2], wv[t + 3]
+            c4, c5, c6, c7 = wv[t + 4], wv[t + 5], wv[t + 6], wv[t + 7]
+            if first:
+                for j in range(n):
+                    dst[j] = ((c0 * a0[j] + c1 * a1[j]) + (c2 * a2[j] + c3 * a3[j])) + (
+                        (c4 * a4[j] + c5 * a5[j]) + (c6 * a6[j] + c7 * a7[j]))
+            else:
+                for j in range(n):
+                    dst[j] += ((c0 * a0[j] + c1 * a1[j]) + (c2 * a2[j] + c3 * a3[j])) + (
+                        (c4 * a4[j] + c5 * a5[j]) + (c6 * a6[j] + c7 * a7[j]))
+            t += 8
+        elif k >= 4:
+            a0 = src[offs[t]:]
+            a1 = src[offs[t + 1]:]
+            a2 = src[offs[t + 2]:]
+            a3 = src[offs[t + 3]:]
+            c0, c1, c2, c3 = wv[t], wv[t + 1], wv[t + 2], wv[t + 3]
+            if first:
+                for j in range(n):
+                    dst[j] = (c0 * a0[j] + c1 * a1[j]) + (c2 * a2[j] + c3 * a3[j])
+            else:
+                for j in range(n):
+                    dst[j] += (c0 * a0[j] + c1 * a1[j]) + (c2 * a2[j] + c3 * a3[j])
+            t += 4
+        elif k >= 2:
+            a0 = src[offs[t]:]
+            a1 = src[offs[t + 1]:]
+            c0, c1 = wv[t], wv[t + 1]
+            if first:
+                for j in range(n):
+                    dst[j] = c0 * a0[j] + c1 * a1[j]
+            else:
+                for j in range(n):
+                    dst[j] += c0 * a0[j] + c1 * a1[j]
+            t += 2
+        else:
+            a0 = src[offs[t]:]
+            c0 = wv[t]
+            if first:
+                for j in range(n):
+                    dst[j] = c0 * a0[j]
+            else:
+                for j in range(n):
+                    dst[j] += c0 * a0[j]
+            t += 1
+        first = False
+    if first:  # no taps at all
+        for j in range(n):
+            dst[j] = 0
+
+
+@kernel
+def _dots(out, a, src, offs, n):
+    """``out[t] += sum_j a[j] * src[offs[t] + j]`` for every tap ``t``, eight taps per pass over ``a``."""
+    nt = offs.shape[0]
+    t = 0
+    zero = a.dtype.type(0)
+    while t < nt:
+        if nt - t >= 8:
+            b0 = src[offs[t]:]
+            b1 = src[offs[t + 1]:]
+            b2 = src[offs[t + 2]:]
+            b3 = src[offs[t + 3]:]
+            b4 = src[offs[t + 4]:]
+            b5 = src[offs[t + 5]:]
+            b6 = src[offs[t + 6]:]
+            b7 = src[offs[t + 7]:]
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
+            for j in range(n):
+                v = a[j]
+                s0 += v * b0[j]
+                s1 += v * b1[j]
+                s2 += v * b2[j]
+                s3 += v * b3[j]
+                s4 += v * b4[j]
+                s5 += v * b5[j]
+                s6 += v * b6[j]
+                s7 += v * b7[j]
+            out[t] += s0
+            out[t + 1] += s1
+            out[t + 2] += s2
+            out[t + 3] += s3
+            out[t + 4] += s4
+            out[t + 5] += s5
+            out[t + 6] += s6
+            out[t + 7] += s7
+            t += 8
+        elif nt - t >= 4:
+            b0 = src[offs[t]:]
+            b1 = src[offs[t + 1]:]
+            b2 = src[offs[t + 2]:]
+            b3 = src[offs[t + 3]:]
+            s0 = s1 = s2 = s3 = zero
+            for j in range(n):
+                v = a[j]
+                s0 += v * b0[j]
+                s1 += v * b1[j]
+                s2 += v * b2[j]
+                s3 += v * b3[j]
+            out[t] += s0
+            out[t + 1] += s1
+            out[t + 2] += s2
+            out[t + 3] += s3
+            t += 4
+        else:
+            b0 = src[offs[t]:]
+            s0 = zero
+            for j in range(n):
+                s0 += a[j] * b0[j]
+            out[t] += s0
+            t += 1
+
+
+@kernel
+def _fill_polyphase(s, x, n, c0, cg, sh, sw, pt, pl, hq, wq):
+    """Channels ``c0:c0+cg`` of image ``n``, zero-padded by (pt, pl), as ``sh*sw`` phase blocks of hq x wq.
+
+    Block ``(a, b)`` row ``qr`` column ``qc`` holds padded pixel ``(qr*sh + a, qc*sw + b)``.
+    """
+    h_, w_ = x.shape[2], x.shape[3]
+    blk = hq * wq
+    plane = sh * sw * blk
+    zero = s.dtype.type(0)
+    for c in range(cg):
+        xc = x[n, c0 + c]
+        for a in range(sh):
+            for b in range(sw):
+                base = c * plane + (a * sw + b) * blk
+                qlo = min(wq, max(0, -((b - pl) // sw)))  # first block column inside the input
+                last = w_ - 1 + pl - b
+                qhi = min(wq, last // sw + 1) if last >= 0 else 0
+                if qhi < qlo:
+                    qhi = qlo
+                iw0 = qlo * sw + b - pl
+                for qr in range(hq):
+                    row = s[base + qr * wq:base + (qr + 1) * wq]
+                    ih = qr * sh + a - pt
+                    if ih < 0 or ih >= h_:
+                        for q in range(wq):
+                            row[q] = zero
+                        continue
+                    xr = xc[ih]
+                    for q in range(qlo):
+                        row[q] = zero
+                    if sw == 1:
+                        for q in range(qhi - qlo):
+                            row[qlo + q] = xr[iw0 + q]
+                    else:
+                        for q in range(qhi - qlo):
+                            row[qlo + q] = xr[iw0 + q * sw]
+                    for q in range(qhi, wq):
+                        row[q] = zero
+
+
+# --------------------------------------------------------------------------- forward
 
 
 @parallel_kernel
-def _forward_kernel(xp, w, sh, sw, dh, dw, groups, oh_, ow_):
-    n_ = xp.shape[0]
-    m_, cg, kh_, kw_ = w.shape
+def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, nparts):
+    n_, c_ = x.shape[0], x.shape[1]
+    m_ = w2.shape[0]
+    cg = c_ // groups
     mg = m_ // groups
-    nmb = (mg + _MB - 1) // _MB
-    y = np.zeros((n_, m_, oh_, ow_), dtype=xp.dtype)
-    for t in prange(n_ * groups * nmb):
-        mb = t % nmb
-        r = t // nmb
+    plane = sh * sw * hq * wq
+    rows = max(1, min(oh_, _RUN // wq))
+    mpp = (mg + nparts - 1) // nparts
+    y = np.empty((n_, m_, oh_, ow_), dtype=x.dtype)
+    for t in prange(n_ * groups * nparts):
+        part = t % nparts
+        r = t // nparts
         g = r % groups
         n = r // groups
-        m0 = g * mg + mb * _MB
-        mc = min(_MB, (g + 1) * mg - m0)
-        c0 = g * cg
-        for oh in range(oh_):
-            ih0 = oh * sh
-            if mc == _MB:
-                y0 = y[n, m0, oh]
-                y1 = y[n, m0 + 1, oh]
-                y2 = y[n, m0 + 2, oh]
-                y3 = y[n, m0 + 3, oh]
-                for c in range(cg):
-                    for kh in range(kh_):
-                        xrow = xp[n, c0 + c, ih0 + kh * dh]
-                        for kw in range(kw_):
-                            a0 = w[m0, c, kh, kw]
-                            a1 = w[m0 + 1, c, kh, kw]
-                            a2 = w[m0 + 2, c, kh, kw]
-                            a3 = w[m0 + 3, c, kh, kw]
-                            off = kw * dw
-                            if sw == 1:
-                                for o in range(ow_):
-                                    v = xrow[off + o]
-                                    y0[o] += a0 * v
-                                    y1[o] += a1 * v
-                                    y2[o] += a2 * v
-                                    y3[o] += a3 * v
-                            else:
-                                for o in range(ow_):
-                                    v = xrow[off + o * sw]
-                                    y0[o] += a0 * v
-                                    y1[o] += a1 * v
-                                    y2[o] += a2 * v
-                                    y3[o] += a3 * v
-            else:
-                for mm in range(mc):
-                    yr = y[n, m0 + mm, oh]
-                    for c in range(cg):
-                        for kh in range(kh_):
-                            xrow = xp[n, c0 + c, ih0 + kh * dh]
-                            for kw in range(kw_):
-                                a = w[m0 + mm, c, kh, kw]
-                                off = kw * dw
-                                if sw == 1:
-                                    for o in range(ow_):
-                                        yr[o] += a * xrow[off + o]
-                                else:
-                                    for o in range(ow_):
-                                        yr[o] += a * xrow[off + o * sw]
+        m0 = g * mg + part * mpp
+        m1 = min(m0 + mpp, (g + 1) * mg)
+        if m0 < m1:
+            s = np.empty(cg * plane, dtype=x.dtype)
+            _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt, pl, hq, wq)
+            acc = np.empty(rows * wq, dtype=x.dtype)
+            for oh0 in range(0, oh_, rows):
+                nr = min(rows, oh_ - oh0)
+                src = s[oh0 * wq:]
+                jn = (nr - 1) * wq + ow_
+                for m in range(m0, m1):
+                    _accumulate(acc, src, offs, w2[m], jn, True)
+                    for i in range(nr):
+                        yr = y[n, m, oh0 + i]
+                        ar = acc[i * wq:]
+                        for o in range(ow_):
+                            yr[o] = ar[o]
     return y
 
 
-@parallel_kernel
-def _backward_data_kernel(dy, w, sh, sw, dh, dw, groups, hp, wp):
-    n_, m_, oh_, ow_ = dy.shape
-    cg, kh_, kw_ = w.shape[1], w.shape[2], w.shape[3]
-    mg = m_ // groups
-    c_ = cg * groups
-    dxp = np.zeros((n_, c_, hp, wp), dtype=dy.dtype)
-    for t in prange(n_ * c_):
-        n = t // c_
-        c = t - n * c_
-        g = c // cg
-        cl = c - g * cg
-        plane = dxp[n, c]
-        for m in range(g * mg, (g + 1) * mg):
-            for oh in range(oh_):
-                dyrow = dy[n, m, oh]
-                for kh in range(kh_):
-                    row = plane[oh * sh + kh * dh]
-                    for kw in range(kw_):
-                        a = w[m, cl, kh, kw]
-                        off = kw * dw
-                        if sw == 1:
-                            dst = row[off:off + ow_]
-                            for o in range(ow_):
-                                dst[o] += a * dyrow[o]
-                        else:
-                            for o in range(ow_):
-                                row[off + o * sw] += a * dyrow[o]
-    return dxp
+def _blocks(k: int, d: int, s: int, before: int, out: int) -> tuple[int, int]:
+    """(rows needed of the padded input, rows per phase block) of one axis."""
+    need = (out - 1) * s + (k - 1) * d + 1
+    return need, -(-need // s)
 
 
-@parallel_kernel
-def _backward_filter_kernel(dy, xp, sh, sw, dh, dw, groups, kh_, kw_):
-    n_, m_, oh_, ow_ = dy.shape
-    c_ = xp.shape[1]
-    cg = c_ // groups
-    mg = m_ // groups
-    dwt = np.zeros((m_, cg, kh_, kw_), dtype=dy.dtype)
-    for t in prange(m_ * cg):
-        m = t // cg
-        cl = t - m * cg
-        ci = (m // mg) * cg + cl
-        acc = dwt[m, cl]
-        for n in range(n_):
-            for oh in range(oh_):
-                dyrow = dy[n, m, oh]
-                for kh in range(kh_):
-                    xrow = xp[n, ci, oh * sh + kh * dh]
-                    for kw in range(kw_):
-                        off = kw * dw
-                        s = acc[kh, kw]
-                        if sw == 1:
-                            xs = xrow[off:off + ow_]
-                            for o in range(ow_):
-                                s += dyrow[o] * xs[o]
-                        else:
-                            for o in range(ow_):
-                                s += dyrow[o] * xrow[off + o * sw]
-                        acc[kh, kw] = s
-    return dwt
+def _forward_taps(cg: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, hq: int, wq: int) -> np.ndarray:
+    """Offsets of every tap (c, kh, kw), in that order, into the polyphase scratch of ``_fill_polyphase``."""
+    blk = hq * wq
+    c, i, j = np.meshgrid(np.arange(cg), np.arange(kh) * dh, np.arange(kw) * dw, indexing="ij")
+    off = c * (sh * sw * blk) + ((i % sh) * sw + j % sw) * blk + (i // sh) * wq + j // sw
+    return np.ascontiguousarray(off.reshape(-1), dtype=np.int64)
+
+
+def _parts(tasks: int, channels: int) -> int:
+    """Into how many parts to split ``channels`` so that there are about ``_TASKS`` tasks."""
+    return max(1, min(channels, -(-_TASKS // max(1, tasks))))
 
 
 def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> np.ndarray:
     """conv2d without bias: ``y[n, m, oh, ow] = sum x_padded[n, c, oh*s + kh*d, ...] * w[m, c, kh, kw]``."""
-    xp = pad_nchw(x, geom.pad)
+    n, c = x.shape[:2]
+    m, cg, kh, kw = w.shape
+    oh, ow = out_hw
+    if n == 0 or oh <= 0 or ow <= 0:
+        return np.zeros((n, m, max(oh, 0), max(ow, 0)), dtype=x.dtype)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
-    return _forward_kernel(xp, w, sh, sw, dh, dw, geom.groups, out_hw[0], out_hw[1])
+    pt, _, pl, _ = geom.pad
+    _, hq = _blocks(kh, dh, sh, pt, oh)
+    _, wq = _blocks(kw, dw, sw, pl, ow)
+    offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
+    g = geom.groups
+    nparts = _parts(n * g, m // g)
+    return _forward_kernel(x, w.reshape(m, cg * kh * kw), offs, sh, sw, pt, pl, g, hq, wq, oh, ow, nparts)
+
+
+# --------------------------------------------------------------------------- backward_data
+
+
+@parallel_kernel
+def _backward_data_kernel(dy, wf, toff, twi, tp, phq, phr, sh, sw, groups, cg, ptd, pld, hd, wd, h_, w_, nparts):
+    n_, m_, oh_, ow_ = dy.shape
+    mg = m_ // groups
+    kk = wf.shape[0] // (m_ * cg)
+    c_ = cg * groups
+    ld = hd * wd
+    nph = sh * sw
+    maxq = 0
+    for ph in range(nph):
+        maxq = max(maxq, phq[ph])
+    rows = max(1, min(maxq, _RUN // wd))
+    cpp = (cg + nparts - 1) // nparts
+    dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
+    zero = dy.dtype.type(0)
+    for t in prange(n_ * groups * nparts):
+        part = t % nparts
+        r = t // nparts
+        g = r % groups
+        n = r // groups
+        c0 = part * cpp
+        c1 = min(c0 + cpp, cg)
+        if c0 < c1:
+            # the group's dy planes, zero-padded by (ptd, pld) to hd x wd
+            s = np.empty(mg * ld, dtype=dy.dtype)
+            for mm in range(mg):
+                src = dy[n, g * mg + mm]
+                for i in range(hd):
+                    row = s[mm * ld + i * wd:mm * ld + (i + 1) * wd]
+                    ii = i - ptd
+                    if ii < 0 or ii >= oh_:
+                        for q in range(wd):
+                            row[q] = zero
+                    else:
+                        sr = src[ii]
+                        for q in range(pld):
+                            row[q] = zero
+                        for q in range(ow_):
+                            row[pld + q] = sr[q]
+                        for q in range(pld + ow_, wd):
+                            row[q] = zero
+            acc = np.empty(rows * wd, dtype=dy.dtype)
+            wv = np.empty(toff.shape[0], dtype=dy.dtype)
+            for cl in range(c0, c1):
+                wbase = (g * mg * cg + cl) * kk
+                for k in range(toff.shape[0]):
+                    wv[k] = wf[wbase + twi[k]]
+                for ph in range(nph):
+                    a = ph // sw
+                    b = ph - a * sw
+                    qn = phq[ph]
+                    rn = phr[ph]
+                    for q0 in range(0, qn, rows):
+                        nr = min(rows, qn - q0)
+                        jn = (nr - 1) * wd + rn
+                        _accumulate(acc, s[q0 * wd:], toff[tp[ph]:tp[ph + 1]], wv[tp[ph]:tp[ph + 1]], jn, True)
+                        for i in range(nr):
+                            dr = dx[n, g * cg + cl, (q0 + i) * sh + a]
+                            ar = acc[i * wd:]
+                            if sw == 1:
+                                for o in range(rn):
+                                    dr[o] = ar[o]
+                            else:
+                                for o in range(rn):
+                                    dr[o * sw + b] = ar[o]
+    return dx
+
+
+def _phase_taps(k: int, d: int, s: int, before: int, n_in: int, n_out: int):
+    """Per output phase ``a`` of one axis: its taps ``(kk, offset)`` and length; the dy padding needed.
+
+    ``dx[q*s + a]`` sums ``dy[q + off] * w[kk]`` over the taps with ``(a + before - kk*d) % s == 0``,
+    ``off = (a + before - kk*d) // s``.
+    """
+    taps, lens = [], []
+    lo, hi = 0, 0
+    for a in range(s):
+        qn = max(0, -(-(n_in - a) // s))
+        lens.append(qn)
+        ts = []
+        for kk in range(k):
+            num = a + before - kk * d
+            if num % s == 0:
+                off = num // s
+                ts.append((kk, off))
+                if qn:
+                    lo = max(lo, -off)
+                    hi = max(hi, qn - 1 + off - (n_out - 1))
+        taps.append(ts)
+    return taps, lens, lo, hi
 
 
 def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair) -> np.ndarray:
-    """The adjoint of :func:`forward` in ``x``: a race-free scatter, one task per input plane."""
-    pt, pb, pl, pr = geom.pad
+    """The adjoint of :func:`forward` in ``x``: one task per (image, group, part of its input channels)."""
+    n, m, oh, ow = dy.shape
+    _, cg, kh, kw = w.shape
+    g = geom.groups
+    h, wd_ = x_hw
+    if n == 0 or h <= 0 or wd_ <= 0:
+        return np.zeros((n, cg * g, max(h, 0), max(wd_, 0)), dtype=dy.dtype)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
-    dxp = _backward_data_kernel(dy, w, sh, sw, dh, dw, geom.groups, x_hw[0] + pt + pb, x_hw[1] + pl + pr)
-    return crop_nchw(dxp, geom.pad, x_hw)
+    pt, _, pl, _ = geom.pad
+    rtaps, rlens, ptd, pbd = _phase_taps(kh, dh, sh, pt, h, oh)
+    ctaps, clens, pld, prd = _phase_taps(kw, dw, sw, pl, wd_, ow)
+    hd, wdd = oh + ptd + pbd, ow + pld + prd
+    mg = m // g
+    toff, twi, tp, phq, phr = [], [], [0], [], []
+    for a in range(sh):
+        for b in range(sw):
+            for mm in range(mg):
+                for i, qo in rtaps[a]:
+                    for j, ro in ctaps[b]:
+                        toff.append(mm * hd * wdd + (qo + ptd) * wdd + ro + pld)
+                        twi.append(mm * cg * kh * kw + i * kw + j)
+            tp.append(len(toff))
+            phq.append(rlens[a])
+            phr.append(clens[b])
+    i64 = np.int64
+    return _backward_data_kernel(dy, w.reshape(-1), np.array(toff, i64), np.array(twi, i64), np.array(tp, i64),
+                                 np.array(phq, i64), np.array(phr, i64), sh, sw, g, cg, ptd, pld, hd, wdd, h, wd_,
+                                 _parts(n * g, cg))
+
+
+# --------------------------------------------------------------------------- backward_filter
+
+
+@parallel_kernel
+def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, nparts, taps):
+    n_, m_, oh_, ow_ = dy.shape
+    c_ = x.shape[1]
+    cg = c_ // groups
+    mg = m_ // groups
+    plane = sh * sw * hq * wq
+    nj = (oh_ - 1) * wq + ow_
+    per = (n_ + nblk - 1) // nblk
+    mpp = (mg + nparts - 1) // nparts
+    partial = np.zeros((nblk, m_, taps), dtype=dy.dtype)
+    for t in prange(nblk * groups * nparts):
+        part = t % nparts
+        r = t // nparts
+        g = r % groups
+        nb = r // groups
+        m0 = g * mg + part * mpp
+        m1 = min(m0 + mpp, (g + 1) * mg)
+        n0 = nb * per
+        n1 = min(n0 + per, n_)
+        if m0 < m1 and n0 < n1:
+            s = np.empty(cg * plane, dtype=dy.dtype)
+            dq = np.zeros(nj, dtype=dy.dtype)  # junk columns stay zero
+            for n in range(n0, n1):
+                _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt, pl, hq, wq)
+                for m in range(m0, m1):
+                    for i in range(oh_):
+                        dr = dy[n, m, i]
+                        qr = dq[i * wq:]
+                        for o in range(ow_):
+                            qr[o] = dr[o]
+                    _dots(partial[nb, m], dq, s, offs, nj)
+    dwt = np.empty((m_, taps), dtype=dy.dtype)
+    for m in prange(m_):
+        for k in range(taps):
+            dwt[m, k] = partial[0, m, k]
+        for nb in range(1, nblk):
+            for k in range(taps):
+                dwt[m, k] += partial[nb, m, k]
+    return dwt
 
 
 def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pair) -> np.ndarray:
-    """The gradient of :func:`forward` in ``w``, one task per (output, input) channel pair."""
-    xp = pad_nchw(x, geom.pad)
+    """The gradient of :func:`forward` in ``w``: per-task partial sums added in a fixed order."""
+    n, m, oh, ow = dy.shape
+    c = x.shape[1]
+    g = geom.groups
+    cg = c // g
+    kh, kw = k_hw
+    if n == 0 or oh <= 0 or ow <= 0:
+        return np.zeros((m, cg, kh, kw), dtype=dy.dtype)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
-    return _backward_filter_kernel(dy, xp, sh, sw, dh, dw, geom.groups, k_hw[0], k_hw[1])
+    pt, _, pl, _ = geom.pad
+    _, hq = _blocks(kh, dh, sh, pt, oh)
+    _, wq = _blocks(kw, dw, sw, pl, ow)
+    offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
+    nblk = min(n, _NBLOCKS)
+    nparts = _parts(nblk * g, m // g)
+    dwt = _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, g, hq, wq, nblk, nparts, cg * kh * kw)
+    return dwt.reshape(m, cg, kh, kw)
 
 
 DIRECT = register(
@@ -176,6 +488,6 @@ DIRECT = register(
         forward=forward,
         backward_data=backward_data,
         backward_filter=backward_filter,
-        summary="explicit parallel loop nests over the padded input; no scratch matrices",
+        summary="loop nests over small per-task padded (polyphase) scratch planes; taps as offsets, 8 per pass",
     )
 )
