@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _registry, conv, pool
 from ._params import conv_geometry, out_size, pool_geometry, transposed_geometry
+from .kernels._tiles import T_MAX, TILES_PER_THREAD
 
 #: dtype names :func:`warmup` accepts (float16 input computes in float32, integers in float64).
 WARMUP_DTYPES = ("float32", "float64")
@@ -105,6 +106,12 @@ def _steps(dtype: np.dtype) -> list[tuple[str, Callable[[], Any]]]:
                           partial(conv.conv_transpose2d, x, w, *args, bias=b, strategy=strategy)))
             steps.append((f"{tag} conv_transpose2d_backward",
                           partial(conv.conv_transpose2d_backward, dy, x, w, *args, strategy=strategy)))
+        # A batch larger than the tile planner's target tile count: the GEMM strategies then put several images
+        # in one tile (the weight gradient's multi-image gather); the sizes depend on NUMBA_NUM_THREADS.
+        xb, wb = arr(TILES_PER_THREAD * T_MAX + 1, 2, 5, 5), arr(3, 2, 3, 3)
+        dyb = arr(*conv_geometry(xb.shape, wb.shape, 1, 1, 1, 1)[1])
+        steps.append((f"{name} {strategy} 3x3 batch of {xb.shape[0]} conv2d_backward",
+                      partial(conv.conv2d_backward, dyb, xb, wb, 1, 1, strategy=strategy)))
     xp = arr(*_X_POOL)
     for label, size, stride, pad, dil, ceil in _MAX_CASES:
         args = (size, stride, pad, dil)
