@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +125,18 @@ def test_info(capsys):
     assert re.search(r"threading  numba layer (omp|tbb|workqueue)\b", out), out
     for key in ("BLAS ", "OPENBLAS_CORETYPE=", "SIMD ", "cache "):
         assert key in out, key
+    # the BLAS line names the library and, for OpenBLAS, the core type it selected (via threadpoolctl)
+    from threadpoolctl import threadpool_info
+
+    blas = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    if blas:
+        assert f"{blas[0]['internal_api']} {blas[0]['version']}" in out
+        if blas[0]["internal_api"] == "openblas":
+            assert f"core {blas[0]['architecture']})" in out
+    assert re.search(r"^SIMD       \S+ \(LLVM host CPU \S+\); vector extensions: ", out, re.M), out
+    # the numba cache directory: NUMBA_CACHE_DIR if set, else next to the kernel modules
+    cache = numba.config.CACHE_DIR or str(Path(fastconv.__file__).parent / "kernels" / "__pycache__")
+    assert re.search(rf"^cache      {re.escape(cache)}", out, re.M), out
     for name in fastconv.STRATEGIES:
         assert f"strategy   {name}: " in out
 
