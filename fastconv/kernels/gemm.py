@@ -7,7 +7,7 @@ group.
 
 * forward: per tile (images or a pixel range of one image, see :mod:`._tiles`) gather the
   columns, then ``y_tile = W · cols``.
-* backward_filter: ``dw = Σ_tiles dy_tile · cols_tileᵀ`` with the tile's images side by side
+* backward_filter: ``dwᵀ = Σ_tiles cols_tile · dy_tileᵀ`` with the tile's images side by side
   along the GEMM's inner dimension; per-unit partial sums are added in a fixed order.
 * backward_data: ``dx = col2im(Wᵀ · dy)`` (shared with the "col2im" strategy, :mod:`._tiles`).
 
@@ -117,20 +117,18 @@ def backward_data_scratch(cv: Conv, isz: int) -> int | None:
 # --------------------------------------------------------------------------- backward_filter
 
 
-def filter_plan(cv: Conv, isz: int, rows: int, partials_in_dw: bool = True):
+def filter_plan(cv: Conv, isz: int, rows: int, tmp_elems: int):
     """Tiles and units of a weight-gradient reduction whose tile scratch is ``rows`` (+ dy's M) per pixel.
 
     Returns ``(tiles, units)``: ``units`` are contiguous tile ranges, each summed into its own
-    partial (with ``partials_in_dw``, unit 0 sums into ``dw`` itself), the partials added in
-    unit order at the end -- so the result depends on the plan, never on the thread count.
-    None when nothing fits the workspace limit.
+    partial (``m·cg·kk`` elements, shared), the partials added in unit order at the end -- so
+    the result depends on the plan, never on the thread count.  Each slot also has a GEMM
+    temporary of ``tmp_elems``.  None when nothing fits the workspace limit.
     """
     dwb = cv.m * cv.cg * cv.kk * isz
-    tmp = dwb if partials_in_dw else cv.m * cv.cg * isz
     limit = get_workspace_limit()
     for u_max in (TILES_PER_THREAD * T_MAX, T_MAX, 1):
-        parts = (u_max - 1 if partials_in_dw else u_max) * dwb
-        budget = (limit - parts) // T_MAX - tmp  # per slot, after the partials and the GEMM temp
+        budget = (limit - u_max * dwb) // T_MAX - tmp_elems * isz  # per slot, after the partials and the GEMM temp
         if budget <= 0:
             continue
         tiles = plan_tiles(cv.n, cv.p, (rows + cv.m) * isz, budget)
@@ -143,53 +141,56 @@ def filter_plan(cv: Conv, isz: int, rows: int, partials_in_dw: bool = True):
 
 
 def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pair) -> np.ndarray:
-    """``dw = Σ_tiles dy_tile · cols_tileᵀ``: the tile's images side by side along the GEMM's inner dimension."""
+    """``dwᵀ = Σ_tiles cols_tile · dy_tileᵀ``: the tile's images side by side along the GEMM's inner dimension.
+
+    The GEMM produces ``dwᵀ`` (C/g·KH·KW × M/g per group): with the column matrix as the
+    row-major left operand BLAS runs faster than ``dy · colsᵀ`` (M is the short side).
+    """
     n, m, oh, ow = dy.shape
     cg = x.shape[1] // geom.groups
     w_shape = (m, cg, k_hw[0], k_hw[1])
     cv = conv_of(x.shape, w_shape, geom, (oh, ow))
     if _grouped.use_grouped(cv):
         return _grouped.backward_filter(dy, x, cv)
-    dw = np.zeros(w_shape, dtype=dy.dtype)
+    dw = np.empty(w_shape, dtype=dy.dtype)
     if n == 0:
+        dw[...] = 0
         record_scratch(0)
         return dw
     isz = dy.dtype.itemsize
     c, g, mg, kk, p = cv.c, cv.g, cv.mg, cv.kk, cv.p
-    plan = filter_plan(cv, isz, c * kk)
+    dwsz = m * cg * kk
+    plan = filter_plan(cv, isz, c * kk, dwsz)
     if plan is None:
         raise too_small("strategy 'im2col' (backward_filter)", T_MAX * (3 * m * cg * kk + (c * kk + m)) * isz)
     tiles, units = plan
     tpx = max(t.nb * t.pc for t in tiles)
-    dwsz = m * cg * kk
     scratch = Scratch(
         dy.dtype,
         slots_for(len(units)),
         {"cols": tpx * c * kk, "dy": tpx * m, "tmp": dwsz},
-        {"part": (len(units) - 1) * dwsz},
+        {"part": len(units) * dwsz},
     )
     dy3 = dy.reshape(n, m, p)
     pointwise = cv.pointwise
     x4 = x.reshape(n, g, cg, cv.h * cv.w)
 
     def part(u: int) -> np.ndarray:
-        if u == 0:
-            return dw.reshape(g, mg, cg * kk)
-        return scratch.shared["part"][(u - 1) * dwsz:u * dwsz].reshape(g, mg, cg * kk)
+        return scratch.shared["part"][u * dwsz:(u + 1) * dwsz].reshape(g, cg * kk, mg)
 
     def work(u: int, slot: int) -> None:
         acc = part(u)
-        tmp = scratch.get(slot, "tmp", dwsz).reshape(g, mg, cg * kk)
+        tmp = scratch.get(slot, "tmp", dwsz).reshape(g, cg * kk, mg)
         for i in range(*units[u]):
             n0, nb, p0, pc = tiles[i]
             k = nb * pc
             if pointwise and nb == 1:  # the columns are the input itself
-                colst = x4[n0, :, :, p0:p0 + pc].transpose(0, 2, 1)
+                cols = x4[n0, :, :, p0:p0 + pc]
             else:
                 cols = scratch.get(slot, "cols", c * kk * k)
                 gather_patches(x, cols, n0, nb, p0, pc, 0, c, 0, kk, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt, cv.pl,
                                ow, pc, k)
-                colst = cols.reshape(g, cg * kk, k).transpose(0, 2, 1)
+                cols = cols.reshape(g, cg * kk, k)
             if nb == 1:
                 dyt = dy3[n0, :, p0:p0 + pc].reshape(g, mg, pc)
             else:
@@ -197,14 +198,16 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
                 gather_dy(dy3, dyt, n0, nb, p0, pc)
                 dyt = dyt.reshape(g, mg, k)
             if i == units[u][0]:
-                mm(dyt, colst, out=acc)
+                mm(cols, dyt.transpose(0, 2, 1), out=acc)
             else:
-                mm(dyt, colst, out=tmp)
+                mm(cols, dyt.transpose(0, 2, 1), out=tmp)
                 acc += tmp
 
     run_tiles(len(units), work, n * m * cg * kk * p)
+    total = part(0)
     for u in range(1, len(units)):
-        dw.reshape(g, mg, cg * kk)[...] += part(u)
+        total += part(u)
+    dw.reshape(g, mg, cg * kk)[...] = total.transpose(0, 2, 1)
     return dw
 
 
@@ -214,13 +217,13 @@ def backward_filter_scratch(cv: Conv, isz: int) -> int | None:
         return _grouped.backward_filter_scratch(cv, isz)
     if cv.n == 0:
         return 0
-    plan = filter_plan(cv, isz, cv.c * cv.kk)
+    dwsz = cv.m * cv.cg * cv.kk
+    plan = filter_plan(cv, isz, cv.c * cv.kk, dwsz)
     if plan is None:
         return None
     tiles, units = plan
     tpx = max(t.nb * t.pc for t in tiles)
-    dwsz = cv.m * cv.cg * cv.kk
-    return (slots_for(len(units)) * (tpx * (cv.c * cv.kk + cv.m) + dwsz) + (len(units) - 1) * dwsz) * isz
+    return (slots_for(len(units)) * (tpx * (cv.c * cv.kk + cv.m) + dwsz) + len(units) * dwsz) * isz
 
 
 IM2COL = register(

@@ -9,7 +9,7 @@ No im2col expansion of the input is ever built:
   input positions no tap samples (s_h·s_w times the useful work): auto avoids it there.
 * backward_data (conv_transpose2d's forward): ``Wᵀ · dy`` then a col2im scatter-add into
   ``dx``, race-free because a tile owns whole ``dx`` planes (:func:`._tiles.backward_data`).
-* backward_filter: one GEMM per kernel tap, ``dw[:, :, kh, kw] = Σ dy · X_shift(kh, kw)ᵀ``,
+* backward_filter: one GEMM per kernel tap, ``dw[:, :, kh, kw]ᵀ = Σ X_shift(kh, kw) · dyᵀ``,
   where ``X_shift`` is the input shifted by the tap (C × pixels): 1/(KH·KW) of im2col's
   scratch.
 
@@ -193,7 +193,7 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
         return dw
     isz = dy.dtype.itemsize
     c, g, mg, kk, p = cv.c, cv.g, cv.mg, cv.kk, cv.p
-    plan = filter_plan(cv, isz, c, partials_in_dw=False)
+    plan = filter_plan(cv, isz, c, m * cg)
     if plan is None:
         raise too_small("strategy 'col2im' (backward_filter)", T_MAX * (3 * m * cg * kk + c + m) * isz)
     tiles, units = plan
@@ -205,11 +205,11 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     dy3 = dy.reshape(n, m, p)
 
     def part(u: int) -> np.ndarray:
-        return scratch.shared["part"][u * dwsz:(u + 1) * dwsz].reshape(kk, g, mg, cg)
+        return scratch.shared["part"][u * dwsz:(u + 1) * dwsz].reshape(kk, g, cg, mg)
 
     def work(u: int, slot: int) -> None:
         acc = part(u)
-        tmp = scratch.get(slot, "tmp", m * cg).reshape(g, mg, cg)
+        tmp = scratch.get(slot, "tmp", m * cg).reshape(g, cg, mg)
         for i in range(*units[u]):
             n0, nb, p0, pc = tiles[i]
             k = nb * pc
@@ -220,21 +220,22 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
                 gather_dy(dy3, dyt, n0, nb, p0, pc)
                 dyt = dyt.reshape(g, mg, k)
             cols = scratch.get(slot, "cols", c * k)
-            colst = cols.reshape(g, cg, k).transpose(0, 2, 1)
+            a = cols.reshape(g, cg, k)
+            dyt = dyt.transpose(0, 2, 1)
             for t in range(kk):
                 gather_patches(x, cols, n0, nb, p0, pc, 0, c, t, t + 1, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt,
                                cv.pl, ow, pc, k)
                 if i == units[u][0]:
-                    mm(dyt, colst, out=acc[t])
+                    mm(a, dyt, out=acc[t])
                 else:
-                    mm(dyt, colst, out=tmp)
+                    mm(a, dyt, out=tmp)
                     acc[t] += tmp
 
     run_tiles(len(units), work, n * m * cg * kk * p)
     total = part(0)
     for u in range(1, len(units)):
         total += part(u)
-    dw.reshape(m, cg, kk)[...] = total.reshape(kk, m, cg).transpose(1, 2, 0)
+    dw.reshape(g, mg, cg, kk)[...] = total.transpose(1, 3, 2, 0)
     return dw
 
 
@@ -246,7 +247,7 @@ def backward_filter_scratch(cv: Conv, isz: int) -> int | None:
         return gemm.backward_filter_scratch(cv, isz)
     if cv.n == 0:
         return 0
-    plan = filter_plan(cv, isz, cv.c, partials_in_dw=False)
+    plan = filter_plan(cv, isz, cv.c, cv.m * cv.cg)
     if plan is None:
         return None
     tiles, units = plan
