@@ -289,6 +289,48 @@ _U = np.uint64  # unsigned indices: numba emits no negative-index wraparound, so
 
 
 @kernel
+def _copy8(dst, d, src, s):
+    """``dst[d:d+8] = src[s:s+8]``: all loads before all stores, so LLVM makes it one vector move."""
+    v0 = src[s]
+    v1 = src[s + _U(1)]
+    v2 = src[s + _U(2)]
+    v3 = src[s + _U(3)]
+    v4 = src[s + _U(4)]
+    v5 = src[s + _U(5)]
+    v6 = src[s + _U(6)]
+    v7 = src[s + _U(7)]
+    dst[d] = v0
+    dst[d + _U(1)] = v1
+    dst[d + _U(2)] = v2
+    dst[d + _U(3)] = v3
+    dst[d + _U(4)] = v4
+    dst[d + _U(5)] = v5
+    dst[d + _U(6)] = v6
+    dst[d + _U(7)] = v7
+
+
+@kernel
+def _add8(dst, d, src, s):
+    """``dst[d:d+8] += src[s:s+8]``: all loads before all stores (one vector add)."""
+    v0 = dst[d] + src[s]
+    v1 = dst[d + _U(1)] + src[s + _U(1)]
+    v2 = dst[d + _U(2)] + src[s + _U(2)]
+    v3 = dst[d + _U(3)] + src[s + _U(3)]
+    v4 = dst[d + _U(4)] + src[s + _U(4)]
+    v5 = dst[d + _U(5)] + src[s + _U(5)]
+    v6 = dst[d + _U(6)] + src[s + _U(6)]
+    v7 = dst[d + _U(7)] + src[s + _U(7)]
+    dst[d] = v0
+    dst[d + _U(1)] = v1
+    dst[d + _U(2)] = v2
+    dst[d + _U(3)] = v3
+    dst[d + _U(4)] = v4
+    dst[d + _U(5)] = v5
+    dst[d + _U(6)] = v6
+    dst[d + _U(7)] = v7
+
+
+@kernel
 def _copy(dst, d0, src, s0, n):
     """``dst[d0:d0+n] = src[s0:s0+n]`` (1-D, not overlapping); short rows as 8-wide blocks, the last overlapping."""
     d = _U(d0)
@@ -300,11 +342,9 @@ def _copy(dst, d0, src, s0, n):
     k = _U(0)
     last = _U(n - 8)
     while k < last:
-        for u in range(8):
-            dst[d + k + _U(u)] = src[s + k + _U(u)]
+        _copy8(dst, d + k, src, s + k)
         k += _U(8)
-    for u in range(8):
-        dst[d + last + _U(u)] = src[s + last + _U(u)]
+    _copy8(dst, d + last, src, s + last)
 
 
 @kernel
@@ -336,8 +376,7 @@ def _add(dst, d0, src, s0, n):
     k = _U(0)
     full = _U(n - n % 8)
     while k < full:
-        for u in range(8):
-            dst[d + k + _U(u)] += src[s + k + _U(u)]
+        _add8(dst, d + k, src, s + k)
         k += _U(8)
     for u in range(n % 8):
         dst[d + full + _U(u)] += src[s + full + _U(u)]
