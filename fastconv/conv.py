@@ -6,6 +6,7 @@ Each function is two hops from its kernel: ``conv2d`` -> ``Strategy.forward``
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from ._params import (
     transposed_geometry,
     window_out_hw,
 )
+from .kernels import _nonfinite
 from .kernels.common import crop_nchw, pad_nchw
 from .kernels.im2col import col2im_kernel, im2col_kernel
 
@@ -44,6 +46,23 @@ def _bias(bias: Any, m: int) -> np.ndarray | None:
     return b
 
 
+def _exact_if_nonfinite(strat, w: np.ndarray):
+    """``strat``, with forward / backward_data replaced by exact loops when ``w`` holds NaN or +-Inf.
+
+    See :mod:`fastconv.kernels._nonfinite`: the strategies' shortcuts (skipping padded taps,
+    a zero-padded ``dy``) are exact only for finite weights.
+    """
+    if _nonfinite.all_finite(w):
+        return strat
+    return dataclasses.replace(strat, forward=_nonfinite.forward, backward_data=_nonfinite.backward_data)
+
+
+#: NaN / Inf inputs propagate silently, whatever the strategy: NumPy's matmul, sums and bias additions in the
+#: GEMM strategies would otherwise warn (or raise under ``np.seterr(all="raise")``) where the numba kernels do not.
+_quiet = np.errstate(invalid="ignore", over="ignore", divide="ignore")
+
+
+@_quiet
 def conv2d(
     x: ArrayLike,
     w: ArrayLike,
@@ -78,12 +97,14 @@ def conv2d(
     b = _bias(bias, wa.shape[0])
     dtype = compute_dtype(xa, wa, b)
     strat = resolve(strategy, "conv2d", xa.shape, wa.shape, geom, dtype)
-    y = strat.forward(prepare(xa, dtype), prepare(wa, dtype), geom, out_shape[2:])
+    wc = prepare(wa, dtype)
+    y = _exact_if_nonfinite(strat, wc).forward(prepare(xa, dtype), wc, geom, out_shape[2:])
     if b is not None:
         y += b.astype(dtype)[None, :, None, None]
     return y
 
 
+@_quiet
 def conv2d_backward(
     dy: ArrayLike,
     x: ArrayLike,
@@ -107,11 +128,13 @@ def conv2d_backward(
     dtype = compute_dtype(dya, xa, wa)
     strat = resolve(strategy, "conv2d_backward", xa.shape, wa.shape, geom, dtype)
     dyc, xc, wc = prepare(dya, dtype), prepare(xa, dtype), prepare(wa, dtype)
+    strat = _exact_if_nonfinite(strat, wc)
     dx = strat.backward_data(dyc, wc, geom, xa.shape[2:])
     dw = strat.backward_filter(dyc, xc, geom, wa.shape[2:])
     return dx, dw, dyc.sum(axis=(0, 2, 3))
 
 
+@_quiet
 def conv_transpose2d(
     x: ArrayLike,
     w: ArrayLike,
@@ -144,12 +167,14 @@ def conv_transpose2d(
     b = _bias(bias, out_shape[1])
     dtype = compute_dtype(xa, wa, b)
     strat = resolve(strategy, "conv_transpose2d", xa.shape, wa.shape, geom, dtype)
-    y = strat.backward_data(prepare(xa, dtype), prepare(wa, dtype), geom, out_shape[2:])
+    wc = prepare(wa, dtype)
+    y = _exact_if_nonfinite(strat, wc).backward_data(prepare(xa, dtype), wc, geom, out_shape[2:])
     if b is not None:
         y += b.astype(dtype)[None, :, None, None]
     return y
 
 
+@_quiet
 def conv_transpose2d_backward(
     dy: ArrayLike,
     x: ArrayLike,
@@ -171,6 +196,7 @@ def conv_transpose2d_backward(
     dtype = compute_dtype(dya, xa, wa)
     strat = resolve(strategy, "conv_transpose2d_backward", xa.shape, wa.shape, geom, dtype)
     dyc, xc, wc = prepare(dya, dtype), prepare(xa, dtype), prepare(wa, dtype)
+    strat = _exact_if_nonfinite(strat, wc)
     # conv_transpose2d is conv2d's backward_data, so its gradients are conv2d's other two primitives.
     dx = strat.forward(dyc, wc, geom, xa.shape[2:])
     dw = strat.backward_filter(xc, dyc, geom, wa.shape[2:])
