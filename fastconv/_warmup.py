@@ -112,6 +112,15 @@ def _steps(dtype: np.dtype) -> list[tuple[str, Callable[[], Any]]]:
         dyb = arr(*conv_geometry(xb.shape, wb.shape, 1, 1, 1, 1)[1])
         steps.append((f"{name} {strategy} 3x3 batch of {xb.shape[0]} conv2d_backward",
                       partial(conv.conv2d_backward, dyb, xb, wb, 1, 1, strategy=strategy)))
+    # A non-finite weight sends every strategy to the exact loops of kernels/_nonfinite.py (forward and backward_data).
+    label, w_shape, *args = _CONV_CASES[0]
+    wn = arr(*w_shape)
+    wn.flat[0] = np.nan
+    steps.append((f"{name} {label} conv2d with a NaN weight", partial(conv.conv2d, x, wn, *args)))
+    label, w_shape, *args = _CONVT_CASES[0]
+    wn = arr(*w_shape)
+    wn.flat[0] = np.nan
+    steps.append((f"{name} {label} conv_transpose2d with a NaN weight", partial(conv.conv_transpose2d, x, wn, *args)))
     xp = arr(*_X_POOL)
     for label, size, stride, pad, dil, ceil in _MAX_CASES:
         args = (size, stride, pad, dil)
