@@ -492,6 +492,49 @@ def gather_dy(dy3, out, n0, nb, p0, pc):
             _copy(out, (m * nb + nl) * pc, f, ((n0 + nl) * m_ + m) * p_ + p0, pc)
 
 
+@kernel
+def sum_parts_t(parts, out, r_lo, r_hi):
+    """``out[g, m, r] = Σ_u parts[u, g, r, m]`` (u in order 0, 1, ...) for ``r_lo <= r < r_hi``.
+
+    The weight-gradient partials, summed and transposed: blocks of 16 rows of every partial
+    are summed contiguously (vectorised) into a small buffer, which is then written
+    transposed.  Each element's sum has the same order whatever the row range.
+    """
+    u_, g_, r_, m_ = parts.shape
+    rb = 16
+    buf = np.empty(rb * m_, dtype=parts.dtype)
+    pf = parts.reshape(parts.size)
+    of = out.reshape(out.size)
+    plane = r_ * m_
+    for g in range(g_):
+        for r0 in range(r_lo, r_hi, rb):
+            r1 = min(r0 + rb, r_hi)
+            n = (r1 - r0) * m_
+            base = _U(g * plane + r0 * m_)
+            for q in range(n):
+                buf[_U(q)] = pf[base + _U(q)]
+            for u in range(1, u_):
+                b = _U((u * g_ + g) * plane + r0 * m_)
+                for q in range(n):
+                    buf[_U(q)] += pf[b + _U(q)]
+            for mi in range(m_):
+                ob = _U((g * m_ + mi) * r_ + r0)
+                for r in range(r1 - r0):
+                    of[ob + _U(r)] = buf[_U(r * m_ + mi)]
+
+
+def reduce_parts(parts: np.ndarray, out: np.ndarray) -> None:
+    """``out = Σ_u parts[u]`` transposed (:func:`sum_parts_t`), row ranges on the threads."""
+    r_ = parts.shape[2]
+    chunks = max(1, min(TILES_PER_THREAD * T_MAX, r_ // 64, parts.size // (1 << 18)))
+    bounds = [r_ * k // chunks for k in range(chunks + 1)]
+
+    def work(i: int, slot: int) -> None:
+        sum_parts_t(parts, out, bounds[i], bounds[i + 1])
+
+    run_tiles(chunks, work)
+
+
 # --------------------------------------------------------------------------- backward_data: GEMM, then col2im
 
 

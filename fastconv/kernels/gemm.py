@@ -24,6 +24,7 @@ from .._registry import Strategy, register
 from . import _grouped, _tiles
 from ._tiles import (
     T_MAX,
+    TILE_BYTES,
     TILES_PER_THREAD,
     Conv,
     Scratch,
@@ -32,6 +33,7 @@ from ._tiles import (
     gather_patches,
     mm,
     plan_tiles,
+    reduce_parts,
     run_tiles,
     slots_for,
     too_small,
@@ -117,27 +119,47 @@ def backward_data_scratch(cv: Conv, isz: int) -> int | None:
 # --------------------------------------------------------------------------- backward_filter
 
 
-def filter_plan(cv: Conv, isz: int, rows: int, tmp_elems: int):
+def filter_plan(cv: Conv, isz: int, rows: int):
     """Tiles and units of a weight-gradient reduction whose tile scratch is ``rows`` (+ dy's M) per pixel.
 
-    Returns ``(tiles, units)``: ``units`` are contiguous tile ranges, each summed into its own
-    partial (``m·cg·kk`` elements, shared), the partials added in unit order at the end -- so
-    the result depends on the plan, never on the thread count.  Each slot also has a GEMM
-    temporary of ``tmp_elems``.  None when nothing fits the workspace limit.
+    Returns ``(tiles, units, tmp)``: ``units`` are contiguous tile ranges, each summed into its
+    own partial (``m·cg·kk`` elements, shared), the partials added in unit order at the end
+    (:func:`._tiles.sum_parts_t`) -- so the result depends on the plan, never on the thread
+    count.  One unit per tile when all the partials fit the workspace limit (each tile's GEMM
+    writes its partial directly); otherwise fewer units, and ``tmp`` (True) says each slot
+    needs a GEMM temporary of ``m·cg·kk`` elements to add the unit's later tiles.  None when
+    nothing fits the workspace limit.
     """
     dwb = cv.m * cv.cg * cv.kk * isz
     limit = get_workspace_limit()
     for u_max in (TILES_PER_THREAD * T_MAX, T_MAX, 1):
-        budget = (limit - u_max * dwb) // T_MAX - tmp_elems * isz  # per slot, after the partials and the GEMM temp
+        budget = (limit - u_max * dwb) // T_MAX - dwb  # per slot, after the partials and the GEMM temp
         if budget <= 0:
             continue
-        tiles = plan_tiles(cv.n, cv.p, (rows + cv.m) * isz, budget)
+        # at least ~2·M pixels per tile where the cache target allows fewer: the GEMM's output (the partial)
+        # is M·rows, its inner dimension the pixels
+        px = (rows + cv.m) * isz
+        tiles = plan_tiles(cv.n, cv.p, px, budget, tile_bytes=max(TILE_BYTES, 2 * cv.m * px))
         if tiles is None:
             continue
+        tpx = max((t.nb * t.pc for t in tiles), default=0)
+        if len(tiles) * dwb + T_MAX * tpx * (rows + cv.m) * isz <= limit:
+            return tiles, [(i, i + 1) for i in range(len(tiles))], False
         u = min(u_max, len(tiles))
         bounds = [len(tiles) * k // u for k in range(u + 1)]
-        return tiles, [(bounds[k], bounds[k + 1]) for k in range(u)]
+        return tiles, [(bounds[k], bounds[k + 1]) for k in range(u)], True
     return None
+
+
+def filter_scratch(cv: Conv, isz: int, rows: int) -> int | None:
+    """Scratch bytes of a weight-gradient reduction planned by :func:`filter_plan` (None: does not fit)."""
+    plan = filter_plan(cv, isz, rows)
+    if plan is None:
+        return None
+    tiles, units, tmp = plan
+    tpx = max(t.nb * t.pc for t in tiles)
+    dwsz = cv.m * cv.cg * cv.kk
+    return (slots_for(len(units)) * (tpx * (rows + cv.m) + (dwsz if tmp else 0)) + len(units) * dwsz) * isz
 
 
 def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pair) -> np.ndarray:
@@ -160,27 +182,23 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     isz = dy.dtype.itemsize
     c, g, mg, kk, p = cv.c, cv.g, cv.mg, cv.kk, cv.p
     dwsz = m * cg * kk
-    plan = filter_plan(cv, isz, c * kk, dwsz)
+    plan = filter_plan(cv, isz, c * kk)
     if plan is None:
         raise too_small("strategy 'im2col' (backward_filter)", T_MAX * (3 * m * cg * kk + (c * kk + m)) * isz)
-    tiles, units = plan
+    tiles, units, need_tmp = plan
     tpx = max(t.nb * t.pc for t in tiles)
     scratch = Scratch(
         dy.dtype,
         slots_for(len(units)),
-        {"cols": tpx * c * kk, "dy": tpx * m, "tmp": dwsz},
+        {"cols": tpx * c * kk, "dy": tpx * m, "tmp": dwsz if need_tmp else 0},
         {"part": len(units) * dwsz},
     )
     dy3 = dy.reshape(n, m, p)
     pointwise = cv.pointwise
     x4 = x.reshape(n, g, cg, cv.h * cv.w)
-
-    def part(u: int) -> np.ndarray:
-        return scratch.shared["part"][u * dwsz:(u + 1) * dwsz].reshape(g, cg * kk, mg)
+    parts = scratch.shared["part"].reshape(len(units), g, cg * kk, mg)
 
     def work(u: int, slot: int) -> None:
-        acc = part(u)
-        tmp = scratch.get(slot, "tmp", dwsz).reshape(g, cg * kk, mg)
         for i in range(*units[u]):
             n0, nb, p0, pc = tiles[i]
             k = nb * pc
@@ -198,16 +216,14 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
                 gather_dy(dy3, dyt, n0, nb, p0, pc)
                 dyt = dyt.reshape(g, mg, k)
             if i == units[u][0]:
-                mm(cols, dyt.transpose(0, 2, 1), out=acc)
+                mm(cols, dyt.transpose(0, 2, 1), out=parts[u])
             else:
+                tmp = scratch.get(slot, "tmp", dwsz).reshape(g, cg * kk, mg)
                 mm(cols, dyt.transpose(0, 2, 1), out=tmp)
-                acc += tmp
+                parts[u] += tmp
 
     run_tiles(len(units), work, n * m * cg * kk * p)
-    total = part(0)
-    for u in range(1, len(units)):
-        total += part(u)
-    dw.reshape(g, mg, cg * kk)[...] = total.transpose(0, 2, 1)
+    reduce_parts(parts, dw.reshape(g, mg, cg * kk))
     return dw
 
 
@@ -217,13 +233,7 @@ def backward_filter_scratch(cv: Conv, isz: int) -> int | None:
         return _grouped.backward_filter_scratch(cv, isz)
     if cv.n == 0:
         return 0
-    dwsz = cv.m * cv.cg * cv.kk
-    plan = filter_plan(cv, isz, cv.c * cv.kk, dwsz)
-    if plan is None:
-        return None
-    tiles, units = plan
-    tpx = max(t.nb * t.pc for t in tiles)
-    return (slots_for(len(units)) * (tpx * (cv.c * cv.kk + cv.m) + dwsz) + len(units) * dwsz) * isz
+    return filter_scratch(cv, isz, cv.c * cv.kk)
 
 
 IM2COL = register(

@@ -36,6 +36,7 @@ from ._tiles import (
     gather_dy,
     gather_patches,
     mm,
+    reduce_parts,
     run_tiles,
     slots_for,
     too_small,
@@ -177,7 +178,7 @@ def forward_scratch(cv: Conv, isz: int) -> int | None:
 
 
 def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pair) -> np.ndarray:
-    """``dw[:, :, kh, kw] = Σ_tiles dy_tile · X_shift(kh, kw)ᵀ``: one GEMM per tap, no im2col matrix."""
+    """``dw[:, :, kh, kw]ᵀ = Σ_tiles X_shift(kh, kw) · dy_tileᵀ``: one GEMM per tap, no im2col matrix."""
     n, m, oh, ow = dy.shape
     cg = x.shape[1] // geom.groups
     w_shape = (m, cg, k_hw[0], k_hw[1])
@@ -193,23 +194,24 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
         return dw
     isz = dy.dtype.itemsize
     c, g, mg, kk, p = cv.c, cv.g, cv.mg, cv.kk, cv.p
-    plan = filter_plan(cv, isz, c, m * cg)
+    plan = filter_plan(cv, isz, c)
     if plan is None:
         raise too_small("strategy 'col2im' (backward_filter)", T_MAX * (3 * m * cg * kk + c + m) * isz)
-    tiles, units = plan
+    tiles, units, need_tmp = plan
     tpx = max(t.nb * t.pc for t in tiles)
     dwsz = m * cg * kk
     scratch = Scratch(
-        dy.dtype, slots_for(len(units)), {"cols": tpx * c, "dy": tpx * m, "tmp": m * cg}, {"part": len(units) * dwsz}
+        dy.dtype,
+        slots_for(len(units)),
+        {"cols": tpx * c, "dy": tpx * m, "tmp": m * cg if need_tmp else 0},
+        {"part": len(units) * dwsz},
     )
     dy3 = dy.reshape(n, m, p)
-
-    def part(u: int) -> np.ndarray:
-        return scratch.shared["part"][u * dwsz:(u + 1) * dwsz].reshape(kk, g, cg, mg)
+    # partial u, tap t: parts[u, :, ci*KK + t, :] -- the layout of im2col's dwᵀ partials
+    parts = scratch.shared["part"].reshape(len(units), g, cg * kk, mg)
 
     def work(u: int, slot: int) -> None:
-        acc = part(u)
-        tmp = scratch.get(slot, "tmp", m * cg).reshape(g, cg, mg)
+        acc = parts[u].reshape(g, cg, kk, mg)
         for i in range(*units[u]):
             n0, nb, p0, pc = tiles[i]
             k = nb * pc
@@ -226,16 +228,14 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
                 gather_patches(x, cols, n0, nb, p0, pc, 0, c, t, t + 1, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt,
                                cv.pl, ow, pc, k)
                 if i == units[u][0]:
-                    mm(a, dyt, out=acc[t])
+                    mm(a, dyt, out=acc[:, :, t])
                 else:
+                    tmp = scratch.get(slot, "tmp", m * cg).reshape(g, cg, mg)
                     mm(a, dyt, out=tmp)
-                    acc[t] += tmp
+                    acc[:, :, t] += tmp
 
     run_tiles(len(units), work, n * m * cg * kk * p)
-    total = part(0)
-    for u in range(1, len(units)):
-        total += part(u)
-    dw.reshape(g, mg, cg, kk)[...] = total.transpose(1, 3, 2, 0)
+    reduce_parts(parts, dw.reshape(g, mg, cg * kk))
     return dw
 
 
@@ -247,12 +247,13 @@ def backward_filter_scratch(cv: Conv, isz: int) -> int | None:
         return gemm.backward_filter_scratch(cv, isz)
     if cv.n == 0:
         return 0
-    plan = filter_plan(cv, isz, cv.c, cv.m * cv.cg)
+    plan = filter_plan(cv, isz, cv.c)
     if plan is None:
         return None
-    tiles, units = plan
+    tiles, units, need_tmp = plan
     tpx = max(t.nb * t.pc for t in tiles)
-    return (slots_for(len(units)) * (tpx * (cv.c + cv.m) + cv.m * cv.cg) + len(units) * cv.m * cv.cg * cv.kk) * isz
+    tmp = cv.m * cv.cg if need_tmp else 0
+    return (slots_for(len(units)) * (tpx * (cv.c + cv.m) + tmp) + len(units) * cv.m * cv.cg * cv.kk) * isz
 
 
 COL2IM = register(
