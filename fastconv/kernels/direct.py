@@ -41,6 +41,14 @@ _RUN = 4096
 _TASKS = 16
 #: Image blocks of backward_filter's partial sums (at most).
 _NBLOCKS = 8
+#: Runs are rounded up to a multiple of this many elements (the vector loops' unrolled step, so that no
+#: scalar remainder loop runs); scratch buffers carry this many extra elements at their end.
+_VEC = 32
+
+
+@kernel
+def _up(n):
+    return (n + _VEC - 1) // _VEC * _VEC
 
 
 # --------------------------------------------------------------------------- inner loops
@@ -204,15 +212,16 @@ def _fill_polyphase(s, x, n, c0, cg, sh, sw, pt, pl, hq, wq):
                         for q in range(wq):
                             row[q] = zero
                         continue
-                    xr = xc[ih]
                     for q in range(qlo):
                         row[q] = zero
+                    xr = xc[ih, iw0:]
+                    dst = row[qlo:]
                     if sw == 1:
                         for q in range(qhi - qlo):
-                            row[qlo + q] = xr[iw0 + q]
+                            dst[q] = xr[q]
                     else:
                         for q in range(qhi - qlo):
-                            row[qlo + q] = xr[iw0 + q * sw]
+                            dst[q] = xr[q * sw]
                     for q in range(qhi, wq):
                         row[q] = zero
 
@@ -221,8 +230,11 @@ def _fill_polyphase(s, x, n, c0, cg, sh, sw, pt, pl, hq, wq):
 
 
 @parallel_kernel
-def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, nparts):
+def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, nparts, unpadded):
     n_, c_ = x.shape[0], x.shape[1]
+    maxoff = 0
+    for k in range(offs.shape[0]):
+        maxoff = max(maxoff, offs[k])
     m_ = w2.shape[0]
     cg = c_ // groups
     mg = m_ // groups
@@ -238,13 +250,17 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
         m0 = g * mg + part * mpp
         m1 = min(m0 + mpp, (g + 1) * mg)
         if m0 < m1:
-            s = np.empty(cg * plane, dtype=x.dtype)
-            _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt, pl, hq, wq)
-            acc = np.empty(rows * wq, dtype=x.dtype)
+            if unpadded:  # stride 1, no padding: the input planes themselves are the scratch
+                s = x[n].reshape(c_ * plane)[g * cg * plane:]
+            else:
+                s = np.empty(cg * plane + _VEC, dtype=x.dtype)
+                s[cg * plane:] = 0  # (the margin is only read into junk columns)
+                _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt, pl, hq, wq)
+            acc = np.empty(_up(rows * wq), dtype=x.dtype)
             for oh0 in range(0, oh_, rows):
                 nr = min(rows, oh_ - oh0)
                 src = s[oh0 * wq:]
-                jn = (nr - 1) * wq + ow_
+                jn = min(_up((nr - 1) * wq + ow_), src.shape[0] - maxoff)
                 for m in range(m0, m1):
                     _accumulate(acc, src, offs, w2[m], jn, True)
                     for i in range(nr):
@@ -283,12 +299,103 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
         return np.zeros((n, m, max(oh, 0), max(ow, 0)), dtype=x.dtype)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     pt, _, pl, _ = geom.pad
-    _, hq = _blocks(kh, dh, sh, pt, oh)
-    _, wq = _blocks(kw, dw, sw, pl, ow)
-    offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     g = geom.groups
     nparts = _parts(n * g, m // g)
-    return _forward_kernel(x, w.reshape(m, cg * kh * kw), offs, sh, sw, pt, pl, g, hq, wq, oh, ow, nparts)
+    w2 = w.reshape(m, cg * kh * kw)
+    if (sh, sw) == (1, 1) and geom.pad[2] + geom.pad[3] == (kw - 1) * dw and ow == x.shape[3]:
+        # each output row as long as an input row: runs straight from x into y, borders exact
+        ro = np.repeat(np.arange(kh) * dh - pt, kw)
+        co = np.tile(np.arange(kw) * dw - pl, kh)
+        return _same_width(x, w2, np.repeat(np.arange(cg), kh * kw), np.tile(ro, cg), np.tile(co, cg), g, oh, nparts)
+    _, hq = _blocks(kh, dh, sh, pt, oh)
+    _, wq = _blocks(kw, dw, sw, pl, ow)
+    unpadded = (sh, sw) == (1, 1) and pt == pl == 0 and wq == x.shape[3] and hq <= x.shape[2]
+    if unpadded:
+        hq = x.shape[2]
+    offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
+    return _forward_kernel(x, w2, offs, sh, sw, pt, pl, g, hq, wq, oh, ow, nparts, unpadded)
+
+
+@parallel_kernel
+def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1, cl0, cr, j0, nrun):
+    """``out[n, o, r, :] = sum_t wt[o, t] * src[n, group planes tp[t], r + tro[t], : + tco[t]]`` (zero outside).
+
+    Output rows are as long as the input rows (``W``).  Rows ``r0:r1`` run straight from ``src``
+    into ``out`` (``nrun`` elements from ``j0``, taps at ``offs``), whose border columns
+    ``[0, cl0)`` and ``[W - cr, W)`` are then recomputed with bounds checks, as are the other rows.
+    """
+    n_, p_, hs, w_ = src.shape
+    o_ = wt.shape[0]
+    pg = p_ // groups
+    og = o_ // groups
+    nt = tp.shape[0]
+    opp = (og + nparts - 1) // nparts
+    out = np.empty((n_, o_, oh_, w_), dtype=src.dtype)
+    zero = src.dtype.type(0)
+    for t in prange(n_ * groups * nparts):
+        part = t % nparts
+        r = t // nparts
+        g = r % groups
+        n = r // groups
+        o0 = g * og + part * opp
+        o1 = min(o0 + opp, (g + 1) * og)
+        grp = src[n].reshape(p_ * hs * w_)[g * pg * hs * w_:]
+        for o in range(o0, o1):
+            wo = wt[o]
+            plane = out[n, o]
+            flat = plane.reshape(oh_ * w_)
+            if nrun > 0:
+                _accumulate(flat[j0:], grp, offs, wo, nrun, True)
+                for i in range(r0, r1):
+                    row = plane[i]
+                    for q in range(cl0):
+                        row[q] = _border_pixel(grp, wo, tp, tro, tco, hs, w_, i, q)
+                    for q in range(w_ - cr, w_):
+                        row[q] = _border_pixel(grp, wo, tp, tro, tco, hs, w_, i, q)
+            for i in range(oh_):
+                if nrun > 0 and r0 <= i < r1:
+                    continue
+                row = plane[i]
+                for q in range(w_):
+                    row[q] = zero
+                for k in range(nt):
+                    ih = i + tro[k]
+                    if 0 <= ih < hs:
+                        c = tco[k]
+                        lo = max(0, -c)
+                        hi = min(w_, w_ - c)
+                        sr = grp[(tp[k] * hs + ih) * w_ + lo + c:]
+                        dr = row[lo:]
+                        a = wo[k]
+                        for q in range(hi - lo):
+                            dr[q] += a * sr[q]
+    return out
+
+
+@kernel
+def _border_pixel(grp, wo, tp, tro, tco, hs, w_, i, q):
+    acc = grp.dtype.type(0)
+    for k in range(tp.shape[0]):
+        ih = i + tro[k]
+        iw = q + tco[k]
+        if 0 <= ih < hs and 0 <= iw < w_:
+            acc += wo[k] * grp[(tp[k] * hs + ih) * w_ + iw]
+    return acc
+
+
+def _same_width(src: np.ndarray, wt: np.ndarray, tp, tro, tco, groups: int, oh: int, nparts: int) -> np.ndarray:
+    """Run :func:`_same_width_kernel`: ``src`` (N, P, H, W) planes, taps (plane, row offset, column offset)."""
+    hs, w_ = src.shape[2:]
+    tp, tro, tco = (np.ascontiguousarray(a, dtype=np.int64) for a in (tp, tro, tco))
+    r0 = max(0, -int(tro.min()))
+    r1 = min(oh, hs - int(tro.max()))
+    cl0, cr = max(0, -int(tco.min())), max(0, int(tco.max()))
+    j0 = r0 * w_ + cl0
+    nrun = (r1 - r0) * w_ - cl0 - cr if r1 > r0 else 0
+    nrun = max(0, nrun)
+    offs = tp * hs * w_ + tro * w_ + tco + j0
+    return _same_width_kernel(src, np.ascontiguousarray(wt), offs, tp, tro, tco, groups, oh, nparts, r0, r1, cl0, cr,
+                              j0, nrun)
 
 
 # --------------------------------------------------------------------------- backward_data
@@ -318,7 +425,8 @@ def _backward_data_kernel(dy, wf, toff, twi, tp, phq, phr, sh, sw, groups, cg, p
         c1 = min(c0 + cpp, cg)
         if c0 < c1:
             # the group's dy planes, zero-padded by (ptd, pld) to hd x wd
-            s = np.empty(mg * ld, dtype=dy.dtype)
+            s = np.empty(mg * ld + _VEC, dtype=dy.dtype)
+            s[mg * ld:] = 0
             for mm in range(mg):
                 src = dy[n, g * mg + mm]
                 for i in range(hd):
@@ -335,7 +443,7 @@ def _backward_data_kernel(dy, wf, toff, twi, tp, phq, phr, sh, sw, groups, cg, p
                             row[pld + q] = sr[q]
                         for q in range(pld + ow_, wd):
                             row[q] = zero
-            acc = np.empty(rows * wd, dtype=dy.dtype)
+            acc = np.empty(_up(rows * wd), dtype=dy.dtype)
             wv = np.empty(toff.shape[0], dtype=dy.dtype)
             for cl in range(c0, c1):
                 wbase = (g * mg * cg + cl) * kk
@@ -348,7 +456,7 @@ def _backward_data_kernel(dy, wf, toff, twi, tp, phq, phr, sh, sw, groups, cg, p
                     rn = phr[ph]
                     for q0 in range(0, qn, rows):
                         nr = min(rows, qn - q0)
-                        jn = (nr - 1) * wd + rn
+                        jn = _up((nr - 1) * wd + rn)
                         _accumulate(acc, s[q0 * wd:], toff[tp[ph]:tp[ph + 1]], wv[tp[ph]:tp[ph + 1]], jn, True)
                         for i in range(nr):
                             dr = dx[n, g * cg + cl, (q0 + i) * sh + a]
@@ -396,10 +504,17 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
         return np.zeros((n, cg * g, max(h, 0), max(wd_, 0)), dtype=dy.dtype)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     pt, _, pl, _ = geom.pad
+    mg = m // g
+    if (sh, sw) == (1, 1) and geom.pad[2] + geom.pad[3] == (kw - 1) * dw and wd_ == ow:
+        # dx rows as long as dy rows: the forward's same-width kernel on dy with the flipped kernel
+        wt = w.reshape(g, mg, cg, kh * kw).transpose(0, 2, 1, 3).reshape(g * cg, mg * kh * kw)
+        ro = np.repeat(pt - np.arange(kh) * dh, kw)
+        co = np.tile(pl - np.arange(kw) * dw, kh)
+        return _same_width(dy, wt, np.repeat(np.arange(mg), kh * kw), np.tile(ro, mg), np.tile(co, mg), g, h,
+                           _parts(n * g, cg))
     rtaps, rlens, ptd, pbd = _phase_taps(kh, dh, sh, pt, h, oh)
     ctaps, clens, pld, prd = _phase_taps(kw, dw, sw, pl, wd_, ow)
     hd, wdd = oh + ptd + pbd, ow + pld + prd
-    mg = m // g
     toff, twi, tp, phq, phr = [], [], [0], [], []
     for a in range(sh):
         for b in range(sw):
@@ -441,17 +556,27 @@ def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, n
         n0 = nb * per
         n1 = min(n0 + per, n_)
         if m0 < m1 and n0 < n1:
-            s = np.empty(cg * plane, dtype=dy.dtype)
-            dq = np.zeros(nj, dtype=dy.dtype)  # junk columns stay zero
+            s = np.empty(cg * plane + _VEC, dtype=dy.dtype)
+            s[cg * plane:] = 0
+            dq = np.zeros(_up(nj), dtype=dy.dtype)  # junk columns stay zero
             for n in range(n0, n1):
                 _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt, pl, hq, wq)
+                # junk columns multiply (zeros of dq by) pixels outside the taps' windows: exact unless one is
+                # NaN or +-Inf, then sum row by row over the valid columns only
+                z = s[0] * 0
+                for k in range(cg * plane):
+                    z += s[k] * 0
                 for m in range(m0, m1):
                     for i in range(oh_):
                         dr = dy[n, m, i]
                         qr = dq[i * wq:]
                         for o in range(ow_):
                             qr[o] = dr[o]
-                    _dots(partial[nb, m], dq, s, offs, nj)
+                    if z == 0:
+                        _dots(partial[nb, m], dq, s, offs, dq.shape[0])
+                    else:
+                        for i in range(oh_):
+                            _dots(partial[nb, m], dq[i * wq:], s[i * wq:], offs, ow_)
     dwt = np.empty((m_, taps), dtype=dy.dtype)
     for m in prange(m_):
         for k in range(taps):
