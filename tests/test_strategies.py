@@ -259,3 +259,71 @@ def test_blas_threads_restored():
             assert all(lib.get_num_threads() == 1 for lib in libs)
         assert all(lib.get_num_threads() == 1 for lib in libs)
     assert [lib.get_num_threads() for lib in libs] == before
+
+
+# --------------------------------------------------------------------------- weight-gradient paths
+
+
+ROWS_CASES = {  # (x shape, w shape, kwargs) for the channel-block weight gradient (forced on small shapes)
+    "odd": ((3, 7, 9, 8), (5, 7, 3, 2), dict(stride=(1, 2), pad=((1, 0), (2, 1)), dilation=(2, 1))),
+    "one_image": ((1, 6, 7, 7), (4, 6, 3, 3), dict(pad=1)),
+    "strided_1x1": ((2, 5, 6, 7), (3, 5, 1, 1), dict(stride=2)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", list(ROWS_CASES))
+def test_channel_block_weight_gradient(case, dtype, monkeypatch):
+    """im2col's dw by channel blocks over the whole batch (no partial sums) agrees with the reference."""
+    from fastconv.kernels import gemm
+
+    monkeypatch.setattr(gemm, "ROW_SPLIT_DW_BYTES", 0)
+    monkeypatch.setattr(gemm, "ROW_SPLIT_MIN_ROWS", 1)
+    xs, ws, kw = ROWS_CASES[case]
+    geom, out = conv_geometry(xs, ws, kw.get("stride", 1), kw.get("pad", 0), kw.get("dilation", 1), 1)
+    cv = _tiles.conv_of(xs, ws, geom, out[2:])
+    blocks = gemm.channel_blocks(cv, np.dtype(dtype).itemsize)
+    assert blocks is not None and blocks[0][0] == 0 and blocks[-1][1] == xs[1]
+    rng = np.random.default_rng(5)
+    x, dy = uniform(rng, xs, dtype), uniform(rng, out, dtype)
+    dw = get("im2col").backward_filter(dy, x, geom, ws[2:])
+    assert _config.last_scratch_bytes() == gemm.backward_filter_scratch(cv, np.dtype(dtype).itemsize)
+    w = uniform(rng, ws, dtype)
+    ref = R.conv2d_backward(dy, x, w, **kw)[1]
+    assert_close(dw, ref, dtype, k=_k(ws, out, xs), what=f"channel blocks {case}")
+
+
+def test_channel_block_weight_gradient_by_default_for_a_large_dw(restore_threads, monkeypatch):
+    """A 1.2 MB dw (256 x 128 x 3 x 3) takes the channel-block path unforced; same bits on 1 and 2 threads."""
+    from fastconv.kernels import gemm
+
+    monkeypatch.setattr(_tiles, "INLINE_MACS", 0)
+    xs, ws = (2, 128, 5, 6), (256, 128, 3, 3)
+    geom, out = conv_geometry(xs, ws, 1, 1, 1, 1)
+    assert gemm.channel_blocks(_tiles.conv_of(xs, ws, geom, out[2:]), 4) is not None
+    rng = np.random.default_rng(6)
+    x, dy, w = uniform(rng, xs, np.float32), uniform(rng, out, np.float32), uniform(rng, ws, np.float32)
+    fastconv.set_num_threads(1)
+    one = get("im2col").backward_filter(dy, x, geom, ws[2:])
+    fastconv.set_num_threads(2)
+    two = get("im2col").backward_filter(dy, x, geom, ws[2:])
+    assert one.tobytes() == two.tobytes()
+    assert_close(one, R.conv2d_backward(dy, x, w, pad=1)[1], np.float32, k=_k(ws, out, xs), what="large dw")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 2, 37, 5), (2, 3, 16, 33), (5, 1, 70, 40)])
+def test_sum_parts_t(shape):
+    """The partials' reduction: out[g, m, r] = sum_u parts[u, g, r, m], in u order, for any row range split."""
+    rng = np.random.default_rng(7)
+    parts = rng.standard_normal(shape).astype(np.float32)
+    expect = parts[0].copy()
+    for u in range(1, shape[0]):
+        expect += parts[u]
+    out = np.full((shape[1], shape[3], shape[2]), np.nan, np.float32)
+    _tiles.reduce_parts(parts, out)
+    assert out.tobytes() == np.ascontiguousarray(expect.transpose(0, 2, 1)).tobytes()
+    out2 = np.full_like(out, np.nan)
+    cut = shape[2] // 3
+    _tiles.sum_parts_t(parts, out2, 0, cut)
+    _tiles.sum_parts_t(parts, out2, cut, shape[2])
+    assert out2.tobytes() == out.tobytes()

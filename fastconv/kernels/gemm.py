@@ -162,6 +162,63 @@ def filter_scratch(cv: Conv, isz: int, rows: int) -> int | None:
     return (slots_for(len(units)) * (tpx * (rows + cv.m) + (dwsz if tmp else 0)) + len(units) * dwsz) * isz
 
 
+#: A weight gradient this large (bytes) is split by channel blocks instead of summing per-tile partials.
+ROW_SPLIT_DW_BYTES = 2**20
+#: Preferred bytes of one channel block's column matrix (all the batch's pixels).
+ROW_SPLIT_BYTES = 4 * 2**20
+#: Fewest GEMM rows (channels x taps) in a channel block.
+ROW_SPLIT_MIN_ROWS = 64
+
+
+def channel_blocks(cv: Conv, isz: int) -> list[tuple[int, int]] | None:
+    """Channel blocks ``(c0, c1)`` for a weight gradient without partial sums, or None to use pixel tiles.
+
+    When ``dw`` is large (many channels, small images) summing a partial ``dw`` per pixel
+    tile costs as much memory traffic as the columns themselves.  Instead each unit owns
+    ``dw[:, c0:c1]`` and computes it in one GEMM over the whole batch's pixels:
+    ``dw[:, c0·KK:c1·KK] = dy_all · cols(c0:c1)ᵀ`` (no reduction, nothing shared).  Used
+    without groups, when the blocks have at least :data:`ROW_SPLIT_MIN_ROWS` rows, there are
+    enough of them for the threads, and the column blocks plus ``dy_all`` fit the limit.
+    """
+    if cv.g != 1 or cv.m * cv.c * cv.kk * isz < ROW_SPLIT_DW_BYTES:
+        return None
+    k = cv.n * cv.p
+    units_min = TILES_PER_THREAD * T_MAX
+    cb = max(1, min(cv.c // units_min, ROW_SPLIT_BYTES // max(1, k * cv.kk * isz)))
+    if cb * cv.kk < ROW_SPLIT_MIN_ROWS:
+        return None
+    if T_MAX * cb * cv.kk * k * isz + cv.m * k * isz > get_workspace_limit():
+        return None
+    u = -(-cv.c // cb)
+    bounds = [cv.c * i // u for i in range(u + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(u)]
+
+
+def _backward_filter_rows(dy: np.ndarray, x: np.ndarray, cv: Conv, blocks, dw: np.ndarray) -> np.ndarray:
+    """``dw[:, c0:c1] = dy_all · cols(c0:c1)ᵀ`` per channel block (see :func:`channel_blocks`)."""
+    n, m, kk, p = cv.n, cv.m, cv.kk, cv.p
+    k = n * p
+    rows = max(c1 - c0 for c0, c1 in blocks) * kk
+    scratch = Scratch(dy.dtype, slots_for(len(blocks)), {"cols": rows * k}, {"dy": m * k if n > 1 else 0})
+    dy3 = dy.reshape(n, m, p)
+    if n > 1:
+        gather_dy(dy3, scratch.shared["dy"], 0, n, 0, p)
+        dya = scratch.shared["dy"].reshape(m, k)
+    else:
+        dya = dy3[0]
+    dw2 = dw.reshape(m, cv.c * kk)
+
+    def work(i: int, slot: int) -> None:
+        c0, c1 = blocks[i]
+        cols = scratch.get(slot, "cols", (c1 - c0) * kk * k)
+        gather_patches(x, cols, 0, n, 0, p, c0, c1, 0, kk, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt, cv.pl, cv.ow,
+                       p, k)
+        mm(dya, cols.reshape((c1 - c0) * kk, k).T, out=dw2[:, c0 * kk:c1 * kk])
+
+    run_tiles(len(blocks), work, n * m * cv.c * kk * p)
+    return dw
+
+
 def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pair) -> np.ndarray:
     """``dwᵀ = Σ_tiles cols_tile · dy_tileᵀ``: the tile's images side by side along the GEMM's inner dimension.
 
@@ -180,6 +237,9 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
         record_scratch(0)
         return dw
     isz = dy.dtype.itemsize
+    blocks = channel_blocks(cv, isz)
+    if blocks is not None:
+        return _backward_filter_rows(dy, x, cv, blocks, dw)
     c, g, mg, kk, p = cv.c, cv.g, cv.mg, cv.kk, cv.p
     dwsz = m * cg * kk
     plan = filter_plan(cv, isz, c * kk)
@@ -233,6 +293,11 @@ def backward_filter_scratch(cv: Conv, isz: int) -> int | None:
         return _grouped.backward_filter_scratch(cv, isz)
     if cv.n == 0:
         return 0
+    blocks = channel_blocks(cv, isz)
+    if blocks is not None:
+        k = cv.n * cv.p
+        rows = max(c1 - c0 for c0, c1 in blocks) * cv.kk
+        return (slots_for(len(blocks)) * rows * k + (cv.m * k if cv.n > 1 else 0)) * isz
     return filter_scratch(cv, isz, cv.c * cv.kk)
 
 
