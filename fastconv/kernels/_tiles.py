@@ -566,6 +566,10 @@ def _bd_units(cv: Conv, isz: int, budget: int) -> tuple[list[tuple[int, int, int
     pc = min(p, budget // (cb * kk * isz))
     if pc < 1:
         return None
+    # pixel chunks whose GEMM product stays in the cache for the scatter (whole output rows where possible)
+    cache_pc = max(MIN_PIXELS, TILE_BYTES // (cb * kk * isz))
+    if cache_pc < pc:
+        pc = cache_pc - cache_pc % cv.ow if cache_pc >= cv.ow else cache_pc
     return [(i, 1, c0, c1) for i in range(n) for (c0, c1) in blocks], pc
 
 
