@@ -81,8 +81,17 @@ def _check_max_windows(x_shape: tuple[int, ...], geom: PoolGeometry, size: Any, 
             )
 
 
+#: The max-pool kernels number a window's taps ``j*KW + i`` in int32 (kernels/pool.py): larger windows are refused.
+MAX_WINDOW_TAPS = 2**31 - 1
+
+
 def _max_setup(x_shape, size, stride, pad, dilation, ceil_mode) -> PoolGeometry:
     geom = pool_geometry(x_shape, size, stride, pad, dilation, ceil_mode)
+    if geom.size[0] * geom.size[1] > MAX_WINDOW_TAPS:
+        raise ValueError(
+            f"size={size!r}: a max-pool window of {geom.size[0]} x {geom.size[1]} = {geom.size[0] * geom.size[1]} "
+            f"elements is not supported (at most 2**31 - 1 elements)"
+        )
     _check_max_windows(x_shape, geom, size, pad, dilation)
     return geom
 

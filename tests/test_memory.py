@@ -1,0 +1,168 @@
+"""Bounded memory: the peak extra memory of every strategy, measured, against a bound derived from the sizes.
+
+The instrument is :mod:`tracemalloc`.  It sees NumPy's array allocations and also the arrays numba
+kernels allocate inside ``@njit`` code (numba's NRT allocates through ``PyMem_RawMalloc``, which
+tracemalloc traces -- :func:`test_tracemalloc_sees_numba_allocations` checks it, so the bounds below
+cannot pass by not seeing the memory).  It does not see BLAS's internal packing buffers (allocated by
+OpenBLAS itself, a few MiB per thread, once), which fastconv's workspace limit does not count either.
+
+* "im2col" / "col2im": with a workspace limit far below the untiled scratch of the layer (so the
+  strategies must tile), ``peak - results <= limit + OVERHEAD`` for each primitive and each public op.
+* "direct" (no workspace-limited scratch matrices): its per-task scratch planes hold at most one
+  image per task, so its peak extra memory must not grow with the batch: it is bounded by the
+  bytes of a few images and weight-sized partial sums, derived below, at a batch large enough
+  that any batch-sized scratch would break the bound.
+
+``OVERHEAD`` is the Python side of a call that tracemalloc counts along with the arrays (tile lists,
+futures, numba's argument boxing of every tile's kernel call): 2-7 KiB for a few tiles, up to ~40 KiB
+with the ~80 tiles of the smallest limit here, measured on the development machine.
+
+Index arithmetic (64-bit): see the int32 review in docs/reliability.md; the only int32 values in
+the kernels are max-pool tap numbers ``j*KW + i`` (< KH*KW), and windows of 2**31 elements or more
+are refused (:func:`test_max_pool_window_beyond_int32_taps_is_refused`).
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numba
+import numpy as np
+import pytest
+from conftest import uniform
+
+import fastconv
+from fastconv._params import conv_geometry
+from fastconv._registry import get
+
+OVERHEAD = 48 * 2**10
+GEMM = ("im2col", "col2im")
+THREADS = max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+# A layer whose column matrix (N*C*KH*KW*OH*OW elements, 18 MiB in float32) is 36x the limit, and whose
+# GEMM scratch with the default limit (tiles sized for the caches) is still >= 4x the limit.
+N, C, H, W, M, K = 16, 32, 32, 32, 32, 3
+LIMIT = 2**19
+KW = dict(stride=1, pad=1, dilation=1, groups=1)
+
+
+def _peak_extra(call):
+    """(result(s), peak bytes allocated during ``call()`` minus the bytes of its results)."""
+    call()  # warm: compile / load the kernels, let BLAS allocate its buffers
+    tracemalloc.start()
+    try:
+        out = call()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    res = sum(a.nbytes for a in (out if isinstance(out, tuple) else (out,)))
+    return out, peak - res
+
+
+def _operands(dtype, n=N):
+    rng = np.random.default_rng(0)
+    x, w = uniform(rng, (n, C, H, W), dtype), uniform(rng, (M, C, K, K), dtype)
+    geom, out = conv_geometry(x.shape, w.shape, KW["stride"], KW["pad"], KW["dilation"], KW["groups"])
+    return x, w, uniform(rng, out, dtype), geom, out
+
+
+def test_tracemalloc_sees_numba_allocations():
+    @numba.njit(nogil=True)
+    def alloc(n):
+        a = np.empty(n)
+        a[:] = 1.0
+        return a.sum()
+
+    _, extra = _peak_extra(lambda: np.zeros(0) + alloc(2**20))
+    assert extra >= 8 * 2**20, f"tracemalloc saw {extra} bytes of an 8 MiB numba allocation"
+
+
+def test_the_layer_needs_tiling():
+    """The limit is far below the column matrix and below the scratch the strategies use without it."""
+    cols = N * C * K * K * H * W * 4  # the column matrix in float32 (stride 1, "same" padding)
+    assert cols >= 16 * LIMIT
+    for s in GEMM:
+        for op in ("conv2d", "conv2d_backward"):
+            with fastconv.workspace_limit(None):
+                e = fastconv.explain(op, (N, C, H, W), (M, C, K, K), **KW)
+            free = next(c for c in e.candidates if c.name == s).scratch_bytes
+            assert free >= 4 * LIMIT, f"{s} {op}: scratch {free} with the default limit"
+
+
+# Known overshoot (found by this test): im2col's backward_filter multiplies a strided view of dy (a pixel range
+# of one image, transposed) with np.matmul, which then allocates internal temporaries of ~5x the dy tile that the
+# scratch plan does not count: 69 KiB (float32) / 124 KiB (float64) beyond the 512 KiB limit here.
+_OVERSHOOT = pytest.mark.xfail(strict=True, reason="np.matmul temporaries of im2col backward_filter (see above)")
+PRIM_CASES = [pytest.param(s, p, marks=_OVERSHOOT if (s, p) == ("im2col", "backward_filter") else ())
+              for s in GEMM for p in ("forward", "backward_data", "backward_filter")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("strategy_name, prim", PRIM_CASES)
+def test_gemm_primitive_peak_memory_within_the_limit(strategy_name, prim, dtype):
+    x, w, dy, geom, out = _operands(dtype)
+    s = get(strategy_name)
+    calls = {
+        "forward": lambda: s.forward(x, w, geom, out[2:]),
+        "backward_data": lambda: s.backward_data(dy, w, geom, x.shape[2:]),
+        "backward_filter": lambda: s.backward_filter(dy, x, geom, w.shape[2:]),
+    }
+    with fastconv.workspace_limit(LIMIT):
+        try:
+            _, extra = _peak_extra(calls[prim])
+        except fastconv.WorkspaceTooSmallError:
+            pytest.skip(f"{strategy_name} {prim} does not fit {LIMIT} bytes (tested in test_strategies.py)")
+    assert extra <= LIMIT + OVERHEAD, f"{strategy_name} {prim}: {extra} bytes beyond the results > limit {LIMIT}"
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward"])
+@pytest.mark.parametrize("strategy_name", GEMM)
+def test_public_ops_peak_memory_within_the_limit(strategy_name, op):
+    x, w, dy, _, _ = _operands(np.float32)
+    wt = np.ascontiguousarray(w.transpose(1, 0, 2, 3))  # (C, M, K, K) for the transposed ops, input dy
+    calls = {
+        "conv2d": lambda: fastconv.conv2d(x, w, **KW, strategy=strategy_name),
+        "conv2d_backward": lambda: fastconv.conv2d_backward(dy, x, w, **KW, strategy=strategy_name),
+        "conv_transpose2d": lambda: fastconv.conv_transpose2d(dy, wt, **KW, strategy=strategy_name),
+        "conv_transpose2d_backward": lambda: fastconv.conv_transpose2d_backward(x, dy, wt, **KW,
+                                                                                 strategy=strategy_name),
+    }
+    with fastconv.workspace_limit(LIMIT):
+        try:
+            _, extra = _peak_extra(calls[op])
+        except fastconv.WorkspaceTooSmallError:
+            pytest.skip(f"{strategy_name} {op} does not fit {LIMIT} bytes")
+    # the backward ops run two primitives one after the other (the first one's result counts as a result)
+    assert extra <= LIMIT + OVERHEAD, f"{strategy_name} {op}: {extra} bytes beyond the results"
+
+
+@pytest.mark.parametrize("prim", ["forward", "backward_data", "backward_filter"])
+def test_direct_scratch_does_not_grow_with_the_batch(prim):
+    """"direct" holds at most one image per task: a bound of a few images, whatever N (here 16 images)."""
+    x, w, dy, geom, out = _operands(np.float32)
+    s = get("direct")
+    calls = {
+        "forward": lambda: s.forward(x, w, geom, out[2:]),
+        "backward_data": lambda: s.backward_data(dy, w, geom, x.shape[2:]),
+        "backward_filter": lambda: s.backward_filter(dy, x, geom, w.shape[2:]),
+    }
+    with fastconv.workspace_limit(LIMIT):
+        _, extra = _peak_extra(calls[prim])
+    isz = x.dtype.itemsize
+    pt, pb, pl, pr = geom.pad
+    # per running task: the padded (polyphase) input planes of one image and one output image / accumulator
+    per_task = (C * (H + pt + pb + K) * (W + pl + pr + K) + M * (H + K) * (W + K)) * isz
+    partials = 8 * w.nbytes  # backward_filter: per-image-block partial weight gradients (at most 8 blocks)
+    bound = 2 * THREADS * per_task + partials + OVERHEAD
+    batch = N * (C * H * W + M * out[2] * out[3]) * isz
+    assert bound < batch / 2, "the layer is too small to tell batch-sized scratch from per-image scratch"
+    assert extra <= bound, f"direct {prim}: {extra} bytes of scratch > {bound} (batch {batch})"
+
+
+def test_max_pool_window_beyond_int32_taps_is_refused():
+    """A window of >= 2**31 elements (its tap numbers would overflow int32) is refused before any allocation."""
+    x = np.ones((1, 1, 1, 1), np.float32)  # a 46341 x 46341 window fits with pad 23170 around one pixel
+    with pytest.raises(ValueError, match="size"):
+        fastconv.max_pool2d(x, 46341, pad=23170)
+    with pytest.raises(ValueError, match="size"):
+        fastconv.max_pool2d_backward(np.ones((1, 1, 1, 1)), x.shape, 46341, pad=23170)
