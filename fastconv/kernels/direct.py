@@ -28,6 +28,7 @@ The task split never depends on the thread count.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -49,6 +50,19 @@ _VEC = 32
 @kernel
 def _up(n):
     return (n + _VEC - 1) // _VEC * _VEC
+
+
+def _run(kern, *args):
+    """Call the parallel kernel ``kern`` with its tasks handed out one at a time.
+
+    numba's default gives each thread one equal share up front, so a core busy with another
+    process holds the whole call up; the tasks' results do not depend on who runs them.
+    """
+    old = numba.set_parallel_chunksize(1)
+    try:
+        return kern(*args)
+    finally:
+        numba.set_parallel_chunksize(old)
 
 
 # --------------------------------------------------------------------------- inner loops
@@ -313,7 +327,7 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
     if unpadded:
         hq = x.shape[2]
     offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
-    return _forward_kernel(x, w2, offs, sh, sw, pt, pl, g, hq, wq, oh, ow, nparts, unpadded)
+    return _run(_forward_kernel, x, w2, offs, sh, sw, pt, pl, g, hq, wq, oh, ow, nparts, unpadded)
 
 
 @parallel_kernel
@@ -340,18 +354,29 @@ def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1,
         o0 = g * og + part * opp
         o1 = min(o0 + opp, (g + 1) * og)
         grp = src[n].reshape(p_ * hs * w_)[g * pg * hs * w_:]
+        vk = np.empty(nt, dtype=np.int64)
+        vo = np.empty(nt, dtype=np.int64)
         for o in range(o0, o1):
             wo = wt[o]
             plane = out[n, o]
             flat = plane.reshape(oh_ * w_)
             if nrun > 0:
                 _accumulate(flat[j0:], grp, offs, wo, nrun, True)
-                for i in range(r0, r1):
-                    row = plane[i]
-                    for q in range(cl0):
-                        row[q] = _border_pixel(grp, wo, tp, tro, tco, hs, w_, i, q)
-                    for q in range(w_ - cr, w_):
-                        row[q] = _border_pixel(grp, wo, tp, tro, tco, hs, w_, i, q)
+                left = min(cl0, w_)
+                right = max(cl0, w_ - cr)
+                for qq in range(left + w_ - right):  # the border columns of rows r0:r1, over the taps inside
+                    q = qq if qq < left else right + qq - left
+                    nv = 0
+                    for k in range(nt):
+                        if 0 <= q + tco[k] < w_:
+                            vk[nv] = k
+                            vo[nv] = (tp[k] * hs + tro[k]) * w_ + q + tco[k]
+                            nv += 1
+                    for i in range(r0, r1):
+                        v = zero
+                        for k in range(nv):
+                            v += wo[vk[k]] * grp[vo[k] + i * w_]
+                        plane[i, q] = v
             for i in range(oh_):
                 if nrun > 0 and r0 <= i < r1:
                     continue
@@ -372,17 +397,6 @@ def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1,
     return out
 
 
-@kernel
-def _border_pixel(grp, wo, tp, tro, tco, hs, w_, i, q):
-    acc = grp.dtype.type(0)
-    for k in range(tp.shape[0]):
-        ih = i + tro[k]
-        iw = q + tco[k]
-        if 0 <= ih < hs and 0 <= iw < w_:
-            acc += wo[k] * grp[(tp[k] * hs + ih) * w_ + iw]
-    return acc
-
-
 def _same_width(src: np.ndarray, wt: np.ndarray, tp, tro, tco, groups: int, oh: int, nparts: int) -> np.ndarray:
     """Run :func:`_same_width_kernel`: ``src`` (N, P, H, W) planes, taps (plane, row offset, column offset)."""
     hs, w_ = src.shape[2:]
@@ -394,8 +408,8 @@ def _same_width(src: np.ndarray, wt: np.ndarray, tp, tro, tco, groups: int, oh: 
     nrun = (r1 - r0) * w_ - cl0 - cr if r1 > r0 else 0
     nrun = max(0, nrun)
     offs = tp * hs * w_ + tro * w_ + tco + j0
-    return _same_width_kernel(src, np.ascontiguousarray(wt), offs, tp, tro, tco, groups, oh, nparts, r0, r1, cl0, cr,
-                              j0, nrun)
+    return _run(_same_width_kernel, src, np.ascontiguousarray(wt), offs, tp, tro, tco, groups, oh, nparts, r0, r1,
+                cl0, cr, j0, nrun)
 
 
 # --------------------------------------------------------------------------- backward_data
@@ -527,7 +541,7 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
             phq.append(rlens[a])
             phr.append(clens[b])
     i64 = np.int64
-    return _backward_data_kernel(dy, w.reshape(-1), np.array(toff, i64), np.array(twi, i64), np.array(tp, i64),
+    return _run(_backward_data_kernel, dy, w.reshape(-1), np.array(toff, i64), np.array(twi, i64), np.array(tp, i64),
                                  np.array(phq, i64), np.array(phr, i64), sh, sw, g, cg, ptd, pld, hd, wdd, h, wd_,
                                  _parts(n * g, cg))
 
@@ -603,7 +617,7 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     nblk = min(n, _NBLOCKS)
     nparts = _parts(nblk * g, m // g)
-    dwt = _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, g, hq, wq, nblk, nparts, cg * kh * kw)
+    dwt = _run(_backward_filter_kernel, dy, x, offs, sh, sw, pt, pl, g, hq, wq, nblk, nparts, cg * kh * kw)
     return dwt.reshape(m, cg, kh, kw)
 
 
