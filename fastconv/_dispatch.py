@@ -261,7 +261,7 @@ def _estimate_prim(name: str, prim: str, cv, isz: int, threads: int) -> tuple[fl
         mem = 0 if cv.pointwise else 2 * cols_bytes
         if prim == "forward":
             return (_gemm(mg, cg * kk, p, n * g, peak) + mem / MEM_BW) / tiles_par, useful, "im2col + GEMM"
-        return (_gemm(mg, p, cg * kk, n * g, peak) + mem / MEM_BW) / tiles_par, useful, "im2col + GEMM dy·colsᵀ"
+        return (_gemm(mg, p, cg * kk, n * g, peak) + mem / MEM_BW) / tiles_par, useful, "im2col + GEMM cols·dyᵀ"
     # col2im
     if prim == "forward":
         if cv.pointwise:
