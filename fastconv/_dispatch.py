@@ -184,10 +184,16 @@ GEMM_CALL = 3e-6
 GEMM_HALF = (6.0, 24.0, 48.0)
 #: Bytes/s of one thread's gather / scatter / shift-and-add passes.
 MEM_BW = 6e9
-#: "direct": useful flop/s of one thread per primitive (float32), at long output rows.
-DIRECT_RATE = {"forward": 12e9, "backward_data": 6e9, "backward_filter": 6e9}
-#: "direct": output-row length at which its vector loops run at half speed.
-DIRECT_ROW_HALF = 24.0
+#: "direct": float32 multiply-adds/s of one thread over its runs, with few taps and the scratch in L1/L2.
+DIRECT_FMA_RATE = 24e9
+#: "direct": slowdown per doubling of the taps per output channel beyond 8 (more passes, scratch from further away).
+DIRECT_TAPS_COST = 0.18
+#: "direct": rate factor when a task's scratch planes exceed DIRECT_L2 bytes.
+DIRECT_L2, DIRECT_L2_FACTOR = 256 * 1024, 0.7
+#: "direct": bytes/s of one thread streaming its operands from memory.
+DIRECT_BW = 12e9
+#: "direct" backward_filter: run length (elements of one dot product) at which it runs at half speed.
+DIRECT_DOT_HALF = 256.0
 #: The depthwise-like grouped kernels of "im2col"/"col2im": useful flop/s of one thread.
 GROUPED_RATE = 6e9
 
@@ -247,9 +253,7 @@ def _estimate_prim(name: str, prim: str, cv, isz: int, threads: int) -> tuple[fl
     peak = GEMM_PEAK * (4 / isz)
     tiles_par = max(1, min(threads, n * max(1, p // 128)))
     if name == "direct":
-        rate = DIRECT_RATE[prim] * (4 / isz) ** 0.5 * _e(cv.ow, DIRECT_ROW_HALF)
-        par = max(1, min(threads, n * m))
-        return useful / (rate * par), useful, "loop nests"
+        return _estimate_direct(prim, cv, isz, threads)
     cols_bytes = n * c * kk * p * isz
     if _grouped.use_grouped(cv):
         t = (useful / GROUPED_RATE + 2 * cols_bytes / MEM_BW) / max(1, min(threads, n * g))
@@ -275,6 +279,33 @@ def _estimate_prim(name: str, prim: str, cv, isz: int, threads: int) -> tuple[fl
         return t / tiles_par, executed, note
     mem = 2 * cols_bytes
     return (_gemm(mg, p, cg, n * g * kk, peak) + mem / MEM_BW) / tiles_par, useful, "one GEMM per tap"
+
+
+def _estimate_direct(prim: str, cv, isz: int, threads: int) -> tuple[float, int, str]:
+    """"direct" (kernels/direct.py): taps accumulated over runs of output rows laid out in a scratch's row length."""
+    n, m, cg, mg, kk = cv.n, cv.m, cv.cg, cv.mg, cv.kk
+    useful = 2 * n * m * cg * kk * cv.p
+    wq = -(-((cv.ow - 1) * cv.sw + (cv.kw - 1) * cv.dw + 1) // cv.sw)  # scratch row length (junk columns)
+    hq = -(-((cv.oh - 1) * cv.sh + (cv.kh - 1) * cv.dh + 1) // cv.sh)
+    same_width = cv.sh == cv.sw == 1 and cv.ow == cv.w  # runs straight between the operands' rows, no junk
+    x_bytes, y_bytes = n * cv.c * cv.h * cv.w * isz, n * m * cv.p * isz
+    if prim == "backward_data":
+        taps = mg * kk / (cv.sh * cv.sw)
+        wd = cv.ow + (cv.kw - 1) * cv.dw
+        junk = 1.0 if same_width else wd * cv.sw / cv.w
+        scratch = mg * (cv.oh + (cv.kh - 1) * cv.dh) * wd * isz
+    else:
+        taps = cg * kk
+        junk = 1.0 if same_width else wq / cv.ow
+        scratch = cg * cv.sh * cv.sw * hq * wq * isz
+    rate = DIRECT_FMA_RATE * (4 / isz) / (1 + DIRECT_TAPS_COST * math.log2(max(1.0, taps / 8)))
+    if scratch > DIRECT_L2:
+        rate *= DIRECT_L2_FACTOR
+    if prim == "backward_filter":
+        rate *= _e(cv.oh * wq, DIRECT_DOT_HALF)  # each pass ends in horizontal sums
+    par = max(1, min(threads, n * m))
+    t = (useful / 2 * junk / rate + (x_bytes + y_bytes) / DIRECT_BW) / par
+    return t, useful, "runs over padded scratch planes" if not same_width else "runs straight between planes"
 
 
 def estimate(name: str, p: Problem, threads: int | None = None) -> Candidate:
