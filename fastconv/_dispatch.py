@@ -15,8 +15,9 @@ backward_data; conv_transpose2d_backward: forward + backward_filter) from
 * the GEMMs a strategy runs, each costing ``GEMM_CALL + 2·m·k·n / (GEMM_PEAK·e(m)·e(k)·e(n))``
   with ``e(d) = d / (d + half)`` (small matrix dimensions waste BLAS's packing and registers);
 * its memory passes (gathering columns, scattering, shift-and-add) at ``MEM_BW`` bytes/s;
-* for "direct", the useful FLOPs at a measured per-primitive rate, scaled by the output
-  row length (its vector loops run along output rows);
+* for "direct", its multiply-adds (junk columns of its scratch rows included) at a measured
+  rate that falls with the taps per output and with the scratch size (backward_filter also
+  with short dot products), plus streaming its operands at ``DIRECT_BW``;
 * the threads (``fastconv.get_num_threads()``) and a fixed per-call overhead.
 
 Strategies whose scratch (see :mod:`fastconv._config`) would exceed the workspace limit are
