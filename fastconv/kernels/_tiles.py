@@ -393,6 +393,16 @@ def _add_strided(dst, d0, src, s0, n, step):
 
 
 @kernel
+def _add_gathered(dst, d0, src, s0, n, step):
+    """``dst[d0 + u] += src[s0 + u*step]`` for ``u < n``."""
+    d = _U(d0)
+    s = _U(s0)
+    st = _U(step)
+    for u in range(n):
+        dst[d + _U(u)] += src[s + _U(u) * st]
+
+
+@kernel
 def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, kw_, sh, sw, dh, dw, pt, pl, ow_, s_n, s_r):
     """im2col of one tile into the flat buffer ``out``.
 

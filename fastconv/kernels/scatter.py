@@ -31,7 +31,10 @@ from ._tiles import (
     TILES_PER_THREAD,
     Conv,
     Scratch,
+    _add,
+    _add_gathered,
     _valid_cols,
+    _zero,
     conv_of,
     gather_dy,
     gather_patches,
@@ -48,16 +51,19 @@ from .gemm import backward_data, backward_data_scratch, filter_plan  # noqa: F40
 
 @kernel
 def shift_add(z, y, n0, nb, oh0, oh1, ih_lo, rows, h_in, w_in, kh_, kw_, sh, sw, dh, dw, pt, pl):
-    """``y[n0+nl, m, oh, :] = Σ_taps Z[nl, m·KK + t, (ih - ih_lo)·W + iw]`` for ``oh0 <= oh < oh1``."""
-    m_, ow_ = y.shape[1], y.shape[3]
+    """``y[n0+nl, m, oh, :] = Σ_taps Z[nl, m·KK + t, (ih - ih_lo)·W + iw]`` for ``oh0 <= oh < oh1``.
+
+    Each row is added tap by tap in a fixed order with unsigned flat indices (vectorised adds).
+    """
+    m_, oh_, ow_ = y.shape[1], y.shape[2], y.shape[3]
+    yf = y.reshape(y.size)
     kk = kh_ * kw_
     zs = rows * w_in
     for nl in range(nb):
         for m in range(m_):
             for oh in range(oh0, oh1):
-                yrow = y[n0 + nl, m, oh]
-                for o in range(ow_):
-                    yrow[o] = 0
+                yb = ((n0 + nl) * m_ + m) * oh_ * ow_ + oh * ow_
+                _zero(yf, yb, ow_)
                 for kh in range(kh_):
                     ih = oh * sh - pt + kh * dh
                     if ih < 0 or ih >= h_in:
@@ -65,16 +71,13 @@ def shift_add(z, y, n0, nb, oh0, oh1, ih_lo, rows, h_in, w_in, kh_, kw_, sh, sw,
                     for kw in range(kw_):
                         off = kw * dw - pl
                         lo, hi = _valid_cols(w_in, ow_, sw, off)
+                        if hi <= lo:
+                            continue
                         zb = ((nl * m_ + m) * kk + kh * kw_ + kw) * zs + (ih - ih_lo) * w_in + off
-                        dst = yrow[lo:hi]
                         if sw == 1:
-                            src = z[zb + lo:zb + hi]
-                            for q in range(hi - lo):
-                                dst[q] += src[q]
+                            _add(yf, yb + lo, z, zb + lo, hi - lo)
                         else:
-                            src = z[zb + lo * sw:]
-                            for q in range(hi - lo):
-                                dst[q] += src[q * sw]
+                            _add_gathered(yf, yb + lo, z, zb + lo * sw, hi - lo, sw)
 
 
 def _in_rows(cv: Conv, oh0: int, oh1: int) -> tuple[int, int]:
