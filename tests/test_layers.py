@@ -647,6 +647,7 @@ def _numba_kernels():
     for modname, mod in list(sys.modules.items()):
         if modname == "fastconv" or modname.startswith("fastconv."):
             for name, obj in vars(mod).items():
+                obj = getattr(obj, "dispatcher", obj)  # parallel kernels sit behind a launch guard (_options.py)
                 if isinstance(obj, CPUDispatcher) and obj.py_func.__module__ == modname:
                     kernels[f"{modname}.{name}"] = obj
     called = set()

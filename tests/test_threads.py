@@ -1,0 +1,155 @@
+"""Thread safety: many Python threads calling fastconv at once get exactly the serial results.
+
+* 8 threads (``concurrent.futures``) run a mix of every op -- conv2d, conv2d_backward, conv_transpose2d
+  and its backward, max/avg pooling and their backwards, im2col/col2im -- on two layer shapes, float32
+  and float64, through every strategy and "auto"; every result is bit-identical to the same call made
+  serially beforehand.
+* The same while another thread keeps changing the thread count with ``fastconv.set_num_threads``
+  (numba's thread count is per calling thread, and results never depend on it: see test_determinism.py).
+* numba's "workqueue" threading layer aborts the process on concurrent parallel launches; fastconv
+  serialises its launches there (fastconv/_options.py).  A subprocess forced onto workqueue runs the
+  8-thread mix and must exit cleanly with the serial results.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import fastconv
+
+THREADS = 8
+ROUNDS = 3
+
+
+def _jobs(seed: int = 0):
+    """[(label, zero-argument call)] covering every op on two shapes, both dtypes, every strategy and auto."""
+    rng = np.random.default_rng(seed)
+    jobs = []
+    for dtype in (np.float32, np.float64):
+        for xs, ws, kw in (((3, 4, 13, 11), (6, 2, 3, 3), dict(stride=(1, 2), pad=1, groups=2)),
+                           ((2, 3, 9, 16), (5, 3, 2, 3), dict(stride=2, pad=((1, 0), (2, 1)), dilation=(2, 1)))):
+            x = rng.uniform(-1, 1, xs).astype(dtype)
+            w = rng.uniform(-1, 1, ws).astype(dtype)
+            y = fastconv.conv2d(x, w, **kw)
+            dy = rng.uniform(-1, 1, y.shape).astype(dtype)
+            wt = rng.uniform(-1, 1, (xs[1], ws[0] // kw.get("groups", 1), *ws[2:])).astype(dtype)
+            dyt = rng.uniform(-1, 1, fastconv.conv_transpose2d(x, wt, **kw).shape).astype(dtype)
+            tag = f"{np.dtype(dtype).name} {xs}"
+            for s in (*fastconv.STRATEGIES, "auto"):
+                jobs += [
+                    (f"conv2d {s} {tag}", lambda x=x, w=w, kw=kw, s=s: fastconv.conv2d(x, w, **kw, strategy=s)),
+                    (f"conv2d_backward {s} {tag}",
+                     lambda dy=dy, x=x, w=w, kw=kw, s=s: fastconv.conv2d_backward(dy, x, w, **kw, strategy=s)),
+                    (f"conv_transpose2d {s} {tag}",
+                     lambda x=x, wt=wt, kw=kw, s=s: fastconv.conv_transpose2d(x, wt, **kw, strategy=s)),
+                    (f"conv_transpose2d_backward {s} {tag}",
+                     lambda dyt=dyt, x=x, wt=wt, kw=kw, s=s: fastconv.conv_transpose2d_backward(dyt, x, wt, **kw,
+                                                                                              strategy=s)),
+                ]
+            ym, idx = fastconv.max_pool2d(x, 3, 2, 1, return_indices=True)
+            dym = rng.uniform(-1, 1, ym.shape).astype(dtype)
+            ya = fastconv.avg_pool2d(x, (2, 3), 1, (1, 0), count_include_pad=False)
+            dya = rng.uniform(-1, 1, ya.shape).astype(dtype)
+            cols = fastconv.im2col(x, 3, 2, 1)
+            jobs += [
+                (f"max_pool2d {tag}", lambda x=x: fastconv.max_pool2d(x, 3, 2, 1, return_indices=True)),
+                (f"max_pool2d 2x2 {tag}", lambda x=x: fastconv.max_pool2d(x, 2)),
+                (f"max_pool2d_backward {tag}", lambda dym=dym, x=x: fastconv.max_pool2d_backward(dym, x, 3, 2, 1)),
+                (f"max_pool2d_backward indices {tag}",
+                 lambda dym=dym, x=x, idx=idx: fastconv.max_pool2d_backward(dym, x.shape, 3, 2, 1, indices=idx)),
+                (f"avg_pool2d {tag}", lambda x=x: fastconv.avg_pool2d(x, (2, 3), 1, (1, 0), count_include_pad=False)),
+                (f"avg_pool2d_backward {tag}",
+                 lambda dya=dya, x=x: fastconv.avg_pool2d_backward(dya, x, (2, 3), 1, (1, 0), count_include_pad=False)),
+                (f"im2col {tag}", lambda x=x: fastconv.im2col(x, 3, 2, 1)),
+                (f"col2im {tag}", lambda cols=cols, xs=xs: fastconv.col2im(cols, xs, 3, 2, 1)),
+            ]
+    return jobs
+
+
+def _bytes(out):
+    return [(a.dtype.str, a.shape, a.tobytes()) for a in (out if isinstance(out, tuple) else (out,))]
+
+
+def _concurrent_mismatches(jobs, expected, rounds=ROUNDS, while_running=None):
+    """Run every job ``rounds`` times on 8 threads, in a different order each round; labels whose result differs."""
+    order = [i for r in range(rounds) for i in np.random.default_rng(r).permutation(len(jobs))]
+    stop = threading.Event()
+    side = threading.Thread(target=while_running, args=(stop,)) if while_running else None
+    if side:
+        side.start()
+    try:
+        with cf.ThreadPoolExecutor(THREADS) as ex:
+            results = list(ex.map(lambda i: (i, _bytes(jobs[i][1]())), order))
+    finally:
+        stop.set()
+        if side:
+            side.join()
+    return sorted({jobs[i][0] for i, got in results if got != expected[i]})
+
+
+def test_eight_threads_match_serial_results(restore_threads):
+    jobs = _jobs()
+    expected = [_bytes(call()) for _, call in jobs]
+    assert _concurrent_mismatches(jobs, expected) == []
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_set_num_threads_while_others_compute(restore_threads):
+    jobs = _jobs(seed=1)
+    expected = [_bytes(call()) for _, call in jobs]
+    seen = []
+
+    def toggle(stop):
+        k = 0
+        while not stop.is_set():
+            fastconv.set_num_threads(1 + k % 2)
+            seen.append(fastconv.get_num_threads())
+            k += 1
+
+    # each worker also runs with its own thread count (numba's count belongs to the calling thread)
+    def with_count(call, n):
+        def run():
+            fastconv.set_num_threads(n)
+            return call()
+        return run
+
+    mixed = [(label, with_count(call, 1 + i % 2)) for i, (label, call) in enumerate(jobs)]
+    assert _concurrent_mismatches(mixed, expected, rounds=2, while_running=toggle) == []
+    assert set(seen) == {1, 2}
+
+
+def test_threading_layer_is_reported():
+    """The layer this process uses (after a parallel launch) is one numba documents."""
+    fastconv.max_pool2d(np.ones((1, 1, 4, 4)), 2)
+    assert numba.threading_layer() in ("tbb", "omp", "workqueue")
+
+
+_WORKQUEUE_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import numba
+import test_threads as T
+jobs = T._jobs()
+expected = [T._bytes(call()) for _, call in jobs]
+assert numba.threading_layer() == "workqueue", numba.threading_layer()
+print("mismatches", T._concurrent_mismatches(jobs, expected, rounds=2))
+"""
+
+
+def test_workqueue_layer_is_made_safe():
+    """Under NUMBA_THREADING_LAYER=workqueue (which aborts on concurrent launches) the 8-thread mix still works."""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    tests = str(Path(__file__).resolve().parent)
+    proc = subprocess.run([sys.executable, "-c", _WORKQUEUE_SCRIPT.format(tests=tests)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert "mismatches []" in proc.stdout, proc.stdout
