@@ -1,0 +1,137 @@
+"""The "direct" strategy's code paths (fastconv/kernels/direct.py) against the reference.
+
+The general property tests run every strategy on random geometries; these pin down the paths
+the direct kernels choose by shape, each small enough to check against tests/reference.py:
+
+* same-width stride-1 runs straight between planes (depthwise 3x3 "same", its backward_data),
+  with exact border rows and columns -- including images narrower or shorter than the kernel's
+  reach, where every pixel is a border pixel;
+* unpadded stride-1 forward reading the input in place (lenet1-like, junk columns);
+* padded polyphase scratch planes for strides > 1, dilation and asymmetric padding (stem-like),
+  and backward_data by output phase (including phases no tap reaches);
+* backward_filter's junk columns, which must not turn a NaN / Inf of the input that no tap
+  reaches into a NaN of ``dw``;
+* bit-identical results for 1 and 2 threads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import reference as R
+from conftest import assert_close, uniform
+
+import fastconv
+from fastconv._params import conv_geometry
+from fastconv.kernels import direct
+
+# (x shape, w shape, kwargs)
+CASES = {
+    "dw3x3_same_odd_width": ((2, 5, 9, 11), (5, 1, 3, 3), dict(pad=1, groups=5)),
+    "dw3x3_same_multiplier": ((2, 3, 8, 7), (6, 1, 3, 3), dict(pad="same", groups=3)),
+    "dw3x3_stride2": ((2, 4, 9, 11), (4, 1, 3, 3), dict(stride=2, pad=1, groups=4)),
+    "dw3x3_dilation2": ((2, 4, 9, 10), (4, 1, 3, 3), dict(pad=2, dilation=2, groups=4)),
+    "dw3x3_asymmetric_pad": ((2, 4, 7, 9), (4, 1, 3, 3), dict(pad=((2, 0), (0, 2)), groups=4)),
+    "dw5x5_same_narrow": ((2, 2, 6, 3), (2, 1, 5, 5), dict(pad=2, groups=2)),  # every column a border column
+    "dw3x3_one_row": ((1, 3, 1, 5), (3, 1, 3, 3), dict(pad=1, groups=3)),  # every row a border row
+    "grouped_cg2": ((2, 4, 8, 9), (6, 2, 3, 3), dict(pad=1, groups=2)),
+    "lenet1_like": ((3, 1, 12, 11), (4, 1, 5, 5), dict()),
+    "lenet1_like_dilated": ((2, 1, 12, 11), (3, 1, 3, 2), dict(dilation=(2, 3))),
+    "stem_like": ((2, 3, 17, 16), (5, 3, 7, 7), dict(stride=2, pad=3)),
+    "stride3_sparse_phases": ((2, 2, 10, 11), (3, 2, 2, 2), dict(stride=3, pad=1)),  # phases with no tap
+    "wide_1x3_same": ((2, 3, 5, 9), (4, 3, 1, 3), dict(pad=(0, 1))),
+    "empty_batch": ((0, 4, 7, 9), (4, 1, 3, 3), dict(pad=1, groups=4)),
+}
+
+
+def _k(ws, y_shape, xs):
+    kk = ws[2] * ws[3]
+    return max(ws[0] * kk, ws[1] * kk, y_shape[0] * y_shape[2] * y_shape[3], xs[0] * xs[2] * xs[3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", list(CASES))
+def test_direct_paths_agree_with_reference(case, dtype):
+    xs, ws, kw = CASES[case]
+    rng = np.random.default_rng(3)
+    x, w = uniform(rng, xs, dtype), uniform(rng, ws, dtype)
+    y_ref = R.conv2d(x, w, **kw)
+    dy = uniform(rng, y_ref.shape, dtype)
+    dx_ref, dw_ref, _ = R.conv2d_backward(dy, x, w, **kw)
+    k = _k(ws, y_ref.shape, xs)
+    assert_close(fastconv.conv2d(x, w, **kw, strategy="direct"), y_ref, dtype, k=k, what=f"{case} y")
+    dx, dw_, _ = fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")
+    assert_close(dx, dx_ref, dtype, k=k, what=f"{case} dx")
+    assert_close(dw_, dw_ref, dtype, k=k, what=f"{case} dw")
+
+
+@pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "stride3_sparse_phases", "lenet1_like"])
+def test_direct_transposed_agrees_with_reference(case):
+    """conv_transpose2d runs backward_data forward and forward / backward_filter backward."""
+    xs, ws, kw = CASES[case]
+    rng = np.random.default_rng(4)
+    x = uniform(rng, (xs[0], ws[0], 5, 6))  # conv_transpose2d's w is (C, M // groups, KH, KW)
+    w = uniform(rng, ws)
+    y_ref = R.conv_transpose2d(x, w, **kw)
+    dy = uniform(rng, y_ref.shape)
+    dx_ref, dw_ref, _ = R.conv_transpose2d_backward(dy, x, w, **kw)
+    k = _k(ws, y_ref.shape, xs) * 4
+    assert_close(fastconv.conv_transpose2d(x, w, **kw, strategy="direct"), y_ref, np.float64, k=k, what="y")
+    dx, dw_, _ = fastconv.conv_transpose2d_backward(dy, x, w, **kw, strategy="direct")
+    assert_close(dx, dx_ref, np.float64, k=k, what="dx")
+    assert_close(dw_, dw_ref, np.float64, k=k, what="dw")
+
+
+def test_same_width_path_is_taken_for_depthwise_same():
+    """dw3x3 'same' at stride 1 runs straight between planes; stride 2 takes the polyphase scratch."""
+    calls = []
+    real = direct._run
+
+    def spy(kern, *args):
+        calls.append(kern)
+        return real(kern, *args)
+
+    x, w = np.ones((1, 2, 5, 6)), np.ones((2, 1, 3, 3))
+    try:
+        direct._run = spy
+        fastconv.conv2d(x, w, pad=1, groups=2, strategy="direct")
+        fastconv.conv2d(x, w, stride=2, pad=1, groups=2, strategy="direct")
+    finally:
+        direct._run = real
+    assert calls == [direct._same_width_kernel, direct._forward_kernel]
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+@pytest.mark.parametrize("where", [(0, 1, 3, 0), (1, 0, 2, 8), (0, 0, 0, 0)])
+def test_backward_filter_junk_columns_never_touch_nonfinite_input(value, where):
+    """Edge pixels only some taps reach: the other taps' weight gradients stay finite, as in the reference."""
+    xs, ws, kw = (2, 2, 6, 9), (2, 1, 3, 3), dict(pad=1, groups=2)
+    rng = np.random.default_rng(5)
+    x, w = uniform(rng, xs), uniform(rng, ws)
+    x[where] = value
+    dy = uniform(rng, R.conv2d(x, w, **kw).shape)
+    dw_ref = R.conv2d_backward(dy, x, w, **kw)[1]
+    dw_ = fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")[1]
+    assert np.isfinite(dw_ref).any()  # the case is meaningful: some taps never meet the bad pixel
+    np.testing.assert_array_equal(np.isfinite(dw_), np.isfinite(dw_ref))
+    fin = np.isfinite(dw_ref)
+    assert_close(dw_[fin], dw_ref[fin], np.float64, k=100)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+@pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2"])
+def test_direct_bit_identical_for_one_and_two_threads(case, restore_threads):
+    xs, ws, kw = CASES[case]
+    xs = (9,) + xs[1:]  # more images than _NBLOCKS: backward_filter's image blocks hold several
+    rng = np.random.default_rng(6)
+    x, w = uniform(rng, xs, np.float32), uniform(rng, ws, np.float32)
+    _, out = conv_geometry(xs, ws, kw.get("stride", 1), kw.get("pad", 0), kw.get("dilation", 1), kw.get("groups", 1))
+    dy = uniform(rng, out, np.float32)
+    res = []
+    for t in (1, 2):
+        fastconv.set_num_threads(t)
+        res.append((fastconv.conv2d(x, w, **kw, strategy="direct"),)
+                   + fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")[:2])
+    for a, b in zip(*res, strict=True):
+        assert a.tobytes() == b.tobytes()
