@@ -41,6 +41,9 @@ CASES = {
     "stem_like": ((2, 3, 17, 16), (5, 3, 7, 7), dict(stride=2, pad=3)),
     "stride3_sparse_phases": ((2, 2, 10, 11), (3, 2, 2, 2), dict(stride=3, pad=1)),  # phases with no tap
     "wide_1x3_same": ((2, 3, 5, 9), (4, 3, 1, 3), dict(pad=(0, 1))),
+    "rows_of_their_own_strided": ((2, 3, 5, 70), (4, 3, 3, 3), dict(stride=(1, 2), pad=1)),  # OW = 35 >= 32
+    "rows_of_their_own_unpadded": ((2, 1, 6, 40), (3, 1, 3, 5), dict()),  # OW = 36, runs read x in place
+    "rows_of_their_own_dw_stride2": ((1, 2, 5, 67), (2, 1, 3, 3), dict(stride=2, pad=1, groups=2)),
     "empty_batch": ((0, 4, 7, 9), (4, 1, 3, 3), dict(pad=1, groups=4)),
 }
 

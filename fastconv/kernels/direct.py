@@ -591,14 +591,7 @@ def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, n
                     else:
                         for i in range(oh_):
                             _dots(partial[nb, m], dq[i * wq:], s[i * wq:], offs, ow_)
-    dwt = np.empty((m_, taps), dtype=dy.dtype)
-    for m in prange(m_):
-        for k in range(taps):
-            dwt[m, k] = partial[0, m, k]
-        for nb in range(1, nblk):
-            for k in range(taps):
-                dwt[m, k] += partial[nb, m, k]
-    return dwt
+    return partial
 
 
 def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pair) -> np.ndarray:
@@ -617,7 +610,10 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     nblk = min(n, _NBLOCKS)
     nparts = _parts(nblk * g, m // g)
-    dwt = _run(_backward_filter_kernel, dy, x, offs, sh, sw, pt, pl, g, hq, wq, nblk, nparts, cg * kh * kw)
+    partial = _run(_backward_filter_kernel, dy, x, offs, sh, sw, pt, pl, g, hq, wq, nblk, nparts, cg * kh * kw)
+    dwt = partial[0].copy()
+    for b in range(1, nblk):  # the image blocks' partial sums, always in this order
+        dwt += partial[b]
     return dwt.reshape(m, cg, kh, kw)
 
 
