@@ -94,8 +94,8 @@ def _forward_tile(x, w3, y3, n, g0, g1, cols, pb, kh_, kw_, sh, sw, dh, dw, pt, 
     for g in range(g0, g1):
         for p0 in range(0, p_, pb):
             q = min(pb, p_ - p0)
-            gather_patches(x, cols, n, 1, p0, q, g * cg, (g + 1) * cg, 0, kh_ * kw_, kw_, sh, sw, dh, dw, pt, pl,
-                           ow_, 0, q)
+            gather_patches(x, cols, n, 1, p0, q, g * cg, (g + 1) * cg, 0, kh_ * kw_,
+                           (kw_, sh, sw, dh, dw, pt, pl, ow_), 0, q)
             for mm in range(mg):
                 yr = y3[n, g * mg + mm, p0:p0 + q]
                 a = w3[g, mm, 0]
@@ -144,8 +144,8 @@ def _backward_filter_tile(dy3, x, dw3, g0, g1, cols, pb, kh_, kw_, sh, sw, dh, d
         for n in range(n_):
             for p0 in range(0, p_, pb):
                 q = min(pb, p_ - p0)
-                gather_patches(x, cols, n, 1, p0, q, g * cg, (g + 1) * cg, 0, kh_ * kw_, kw_, sh, sw, dh, dw, pt, pl,
-                               ow_, 0, q)
+                gather_patches(x, cols, n, 1, p0, q, g * cg, (g + 1) * cg, 0, kh_ * kw_,
+                               (kw_, sh, sw, dh, dw, pt, pl, ow_), 0, q)
                 for mm in range(mg):
                     d = dy3[n, g * mg + mm, p0:p0 + q]
                     for k in range(rows):

@@ -272,6 +272,11 @@ def conv_of(x_shape: tuple[int, ...], w_shape: tuple[int, ...], geom: ConvGeomet
     return Conv(n, c, h, w, m, geom.groups, kh, kw, out_hw[0], out_hw[1], sh, sw, dh, dw, geom.pad[0], geom.pad[2])
 
 
+def geo_of(cv: Conv) -> tuple[int, int, int, int, int, int, int, int]:
+    """The geometry tuple of :func:`gather_patches`: ``(KW, sh, sw, dh, dw, pt, pl, OW)``."""
+    return (cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt, cv.pl, cv.ow)
+
+
 # --------------------------------------------------------------------------- the gather (im2col) and scatter (col2im)
 
 
@@ -403,16 +408,20 @@ def _add_gathered(dst, d0, src, s0, n, step):
 
 
 @kernel
-def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, kw_, sh, sw, dh, dw, pt, pl, ow_, s_n, s_r):
-    """im2col of one tile into the flat buffer ``out``.
+def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, geo, s_n, s_r):
+    """im2col of one tile into the flat buffer ``out``; ``geo`` = ``(KW, sh, sw, dh, dw, pt, pl, OW)`` (:func:`geo_of`).
 
     ``out[nl*s_n + r*s_r + j] = x_padded[n0+nl, c, oh*sh + kh*dh, ow*sw + kw*dw]`` for the
     channels ``c0 <= c < c1``, taps ``t = kh*KW + kw`` in ``[t0, t1)``, row
     ``r = (c - c0)*(t1 - t0) + (t - t0)`` and output pixel ``p0 + j = oh*OW + ow``
-    (zero where the window lies in the padding).  ``x`` is C-contiguous; each output row
+    (zero where the window lies in the padding).  The geometry travels as one tuple: a numba
+    call with 20 arguments leaves a 20-item tuple per call for the garbage collector (measured
+    with tracemalloc), which the memory bounds of tests/test_memory.py would count per tile.
+    ``x`` is C-contiguous; each output row
     segment is one copy with unsigned flat indices (no per-element bounds or wraparound
     logic), so short rows cost a few vector moves.
     """
+    kw_, sh, sw, dh, dw, pt, pl, ow_ = geo
     c_, h_in, w_in = x.shape[1], x.shape[2], x.shape[3]
     if pc <= 0:
         return

@@ -23,6 +23,7 @@ from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
 from . import _grouped, _tiles
 from ._tiles import (
+    MIN_PIXELS,
     T_MAX,
     TILE_BYTES,
     TILES_PER_THREAD,
@@ -31,6 +32,7 @@ from ._tiles import (
     conv_of,
     gather_dy,
     gather_patches,
+    geo_of,
     mm,
     plan_tiles,
     reduce_parts,
@@ -69,14 +71,14 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
     y4 = y.reshape(cv.n, g, cv.mg, cv.p)
     x4 = x.reshape(cv.n, g, cv.cg, cv.h * cv.w)
 
+    geo = geo_of(cv)
     def work(i: int, slot: int) -> None:
         n0, nb, p0, pc = tiles[i]
         if pointwise:  # the columns are the input itself
             mm(w3, x4[n0:n0 + nb, :, :, p0:p0 + pc], out=y4[n0:n0 + nb, :, :, p0:p0 + pc])
             return
         buf = scratch.get(slot, "cols", nb * c * kk * pc)
-        gather_patches(x, buf, n0, nb, p0, pc, 0, c, 0, kk, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt, cv.pl, cv.ow,
-                       c * kk * pc, pc)
+        gather_patches(x, buf, n0, nb, p0, pc, 0, c, 0, kk, geo, c * kk * pc, pc)
         mm(w3, buf.reshape(nb, g, cv.cg * kk, pc), out=y4[n0:n0 + nb, :, :, p0:p0 + pc])
 
     run_tiles(len(tiles), work, cv.n * cv.m * cv.cg * kk * cv.p)
@@ -132,6 +134,7 @@ def filter_plan(cv: Conv, isz: int, rows: int):
     """
     dwb = cv.m * cv.cg * cv.kk * isz
     limit = get_workspace_limit()
+    best = None
     for u_max in (TILES_PER_THREAD * T_MAX, T_MAX, 1):
         budget = (limit - u_max * dwb) // T_MAX - dwb  # per slot, after the partials and the GEMM temp
         if budget <= 0:
@@ -147,8 +150,13 @@ def filter_plan(cv: Conv, isz: int, rows: int):
             return tiles, [(i, i + 1) for i in range(len(tiles))], False
         u = min(u_max, len(tiles))
         bounds = [len(tiles) * k // u for k in range(u + 1)]
-        return tiles, [(bounds[k], bounds[k + 1]) for k in range(u)], True
-    return None
+        plan = tiles, [(bounds[k], bounds[k + 1]) for k in range(u)], True
+        if tpx >= min(MIN_PIXELS, cv.p):
+            return plan
+        # a tight limit: fewer partials leave room for longer tiles (fewer, more efficient GEMMs)
+        if best is None or tpx > max(t.nb * t.pc for t in best[0]):
+            best = plan
+    return best
 
 
 def filter_scratch(cv: Conv, isz: int, rows: int) -> int | None:
@@ -208,11 +216,11 @@ def _backward_filter_rows(dy: np.ndarray, x: np.ndarray, cv: Conv, blocks, dw: n
         dya = dy3[0]
     dw2 = dw.reshape(m, cv.c * kk)
 
+    geo = geo_of(cv)
     def work(i: int, slot: int) -> None:
         c0, c1 = blocks[i]
         cols = scratch.get(slot, "cols", (c1 - c0) * kk * k)
-        gather_patches(x, cols, 0, n, 0, p, c0, c1, 0, kk, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt, cv.pl, cv.ow,
-                       p, k)
+        gather_patches(x, cols, 0, n, 0, p, c0, c1, 0, kk, geo, p, k)
         mm(dya, cols.reshape((c1 - c0) * kk, k).T, out=dw2[:, c0 * kk:c1 * kk])
 
     run_tiles(len(blocks), work, n * m * cv.c * kk * p)
@@ -258,6 +266,7 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     x4 = x.reshape(n, g, cg, cv.h * cv.w)
     parts = scratch.shared["part"].reshape(len(units), g, cg * kk, mg)
 
+    geo = geo_of(cv)
     def work(u: int, slot: int) -> None:
         for i in range(*units[u]):
             n0, nb, p0, pc = tiles[i]
@@ -266,8 +275,7 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
                 cols = x4[n0, :, :, p0:p0 + pc]
             else:
                 cols = scratch.get(slot, "cols", c * kk * k)
-                gather_patches(x, cols, n0, nb, p0, pc, 0, c, 0, kk, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt, cv.pl,
-                               ow, pc, k)
+                gather_patches(x, cols, n0, nb, p0, pc, 0, c, 0, kk, geo, pc, k)
                 cols = cols.reshape(g, cg * kk, k)
             if nb == 1:
                 dyt = dy3[n0, :, p0:p0 + pc].reshape(g, mg, pc)

@@ -38,6 +38,7 @@ from ._tiles import (
     conv_of,
     gather_dy,
     gather_patches,
+    geo_of,
     mm,
     reduce_parts,
     run_tiles,
@@ -213,6 +214,7 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     # partial u, tap t: parts[u, :, ci*KK + t, :] -- the layout of im2col's dwᵀ partials
     parts = scratch.shared["part"].reshape(len(units), g, cg * kk, mg)
 
+    geo = geo_of(cv)
     def work(u: int, slot: int) -> None:
         acc = parts[u].reshape(g, cg, kk, mg)
         for i in range(*units[u]):
@@ -228,8 +230,7 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
             a = cols.reshape(g, cg, k)
             dyt = dyt.transpose(0, 2, 1)
             for t in range(kk):
-                gather_patches(x, cols, n0, nb, p0, pc, 0, c, t, t + 1, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt,
-                               cv.pl, ow, pc, k)
+                gather_patches(x, cols, n0, nb, p0, pc, 0, c, t, t + 1, geo, pc, k)
                 if i == units[u][0]:
                     mm(a, dyt, out=acc[:, :, t])
                 else:
