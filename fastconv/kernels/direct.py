@@ -42,6 +42,10 @@ _RUN = 4096
 _TASKS = 16
 #: Image blocks of backward_filter's partial sums (at most).
 _NBLOCKS = 8
+#: Output channels accumulated together by :func:`_accumulate4` / :func:`_dots4`, and the (compile-time constant)
+#: distance between their rows in one buffer: a known distance lets LLVM vectorise the four streams.
+_MB = 4
+_ROW = _RUN + 64
 #: Runs are rounded up to a multiple of this many elements (the vector loops' unrolled step, so that no
 #: scalar remainder loop runs); scratch buffers carry this many extra elements at their end.
 _VEC = 32
@@ -134,6 +138,50 @@ def _accumulate(dst, src, offs, wv, n, init):
     if first:  # no taps at all
         for j in range(n):
             dst[j] = 0
+
+
+@kernel
+def _pass4(acc, src, offs, w4, t, n, init):
+    """Taps ``t:t+8`` for four output channels: rows ``acc[k*_ROW:k*_ROW + n] (= or +=) sum w4[k, tap] * src[...]``.
+
+    Each shifted load of ``src`` feeds four FMAs (the rows' constant distance lets LLVM vectorise).
+    """
+    a0 = src[offs[t]:]
+    a1 = src[offs[t + 1]:]
+    a2 = src[offs[t + 2]:]
+    a3 = src[offs[t + 3]:]
+    a4 = src[offs[t + 4]:]
+    a5 = src[offs[t + 5]:]
+    a6 = src[offs[t + 6]:]
+    a7 = src[offs[t + 7]:]
+    u0, u1, u2, u3, u4, u5, u6, u7 = w4[0, t], w4[0, t + 1], w4[0, t + 2], w4[0, t + 3], w4[0, t + 4], \
+        w4[0, t + 5], w4[0, t + 6], w4[0, t + 7]
+    v0, v1, v2, v3, v4, v5, v6, v7 = w4[1, t], w4[1, t + 1], w4[1, t + 2], w4[1, t + 3], w4[1, t + 4], \
+        w4[1, t + 5], w4[1, t + 6], w4[1, t + 7]
+    q0, q1, q2, q3, q4, q5, q6, q7 = w4[2, t], w4[2, t + 1], w4[2, t + 2], w4[2, t + 3], w4[2, t + 4], \
+        w4[2, t + 5], w4[2, t + 6], w4[2, t + 7]
+    r0, r1, r2, r3, r4, r5, r6, r7 = w4[3, t], w4[3, t + 1], w4[3, t + 2], w4[3, t + 3], w4[3, t + 4], \
+        w4[3, t + 5], w4[3, t + 6], w4[3, t + 7]
+    if init:
+        for j in range(n):
+            x0, x1, x2, x3 = a0[j], a1[j], a2[j], a3[j]
+            x4, x5, x6, x7 = a4[j], a5[j], a6[j], a7[j]
+            acc[j] = ((u0 * x0 + u1 * x1) + (u2 * x2 + u3 * x3)) + ((u4 * x4 + u5 * x5) + (u6 * x6 + u7 * x7))
+            acc[_ROW + j] = ((v0 * x0 + v1 * x1) + (v2 * x2 + v3 * x3)) + ((v4 * x4 + v5 * x5) + (v6 * x6 + v7 * x7))
+            acc[2 * _ROW + j] = ((q0 * x0 + q1 * x1) + (q2 * x2 + q3 * x3)) + (
+                (q4 * x4 + q5 * x5) + (q6 * x6 + q7 * x7))
+            acc[3 * _ROW + j] = ((r0 * x0 + r1 * x1) + (r2 * x2 + r3 * x3)) + (
+                (r4 * x4 + r5 * x5) + (r6 * x6 + r7 * x7))
+    else:
+        for j in range(n):
+            x0, x1, x2, x3 = a0[j], a1[j], a2[j], a3[j]
+            x4, x5, x6, x7 = a4[j], a5[j], a6[j], a7[j]
+            acc[j] += ((u0 * x0 + u1 * x1) + (u2 * x2 + u3 * x3)) + ((u4 * x4 + u5 * x5) + (u6 * x6 + u7 * x7))
+            acc[_ROW + j] += ((v0 * x0 + v1 * x1) + (v2 * x2 + v3 * x3)) + ((v4 * x4 + v5 * x5) + (v6 * x6 + v7 * x7))
+            acc[2 * _ROW + j] += ((q0 * x0 + q1 * x1) + (q2 * x2 + q3 * x3)) + (
+                (q4 * x4 + q5 * x5) + (q6 * x6 + q7 * x7))
+            acc[3 * _ROW + j] += ((r0 * x0 + r1 * x1) + (r2 * x2 + r3 * x3)) + (
+                (r4 * x4 + r5 * x5) + (r6 * x6 + r7 * x7))
 
 
 @kernel
@@ -255,6 +303,8 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
     plane = sh * sw * hq * wq
     rows = max(1, min(oh_, _RUN // wq))
     mpp = (mg + nparts - 1) // nparts
+    nt = offs.shape[0]
+    nt8 = nt - nt % 8
     y = np.empty((n_, m_, oh_, ow_), dtype=x.dtype)
     for t in prange(n_ * groups * nparts):
         part = t % nparts
@@ -270,18 +320,30 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
                 s = np.empty(cg * plane + _VEC, dtype=x.dtype)
                 s[cg * plane:] = 0  # (the margin is only read into junk columns)
                 _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt, pl, hq, wq)
-            acc = np.empty(_up(rows * wq), dtype=x.dtype)
+            acc = np.empty(max(_MB * _ROW, _up(rows * wq)), dtype=x.dtype)
             for oh0 in range(0, oh_, rows):
                 nr = min(rows, oh_ - oh0)
                 src = s[oh0 * wq:]
                 jn = min(_up((nr - 1) * wq + ow_), src.shape[0] - maxoff)
-                for m in range(m0, m1):
-                    _accumulate(acc, src, offs, w2[m], jn, True)
-                    for i in range(nr):
-                        yr = y[n, m, oh0 + i]
-                        ar = acc[i * wq:]
-                        for o in range(ow_):
-                            yr[o] = ar[o]
+                m = m0
+                while m < m1:
+                    mb = _MB if m1 - m >= _MB and jn <= _ROW else 1
+                    if mb == _MB:
+                        w4 = w2[m:m + _MB]
+                        for t8 in range(0, nt8, 8):
+                            _pass4(acc, src, offs, w4, t8, jn, t8 == 0)
+                        if nt8 < nt:
+                            for k in range(_MB):
+                                _accumulate(acc[k * _ROW:], src, offs[nt8:], w4[k, nt8:], jn, nt8 == 0)
+                    else:
+                        _accumulate(acc, src, offs, w2[m], jn, True)
+                    for k in range(mb):
+                        for i in range(nr):
+                            yr = y[n, m + k, oh0 + i]
+                            ar = acc[k * _ROW + i * wq:]
+                            for o in range(ow_):
+                                yr[o] = ar[o]
+                    m += mb
     return y
 
 
