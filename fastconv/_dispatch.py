@@ -14,7 +14,8 @@ backward_data; conv_transpose2d_backward: forward + backward_filter) from
 
 * the GEMMs a strategy runs, each costing ``GEMM_CALL + 2·m·k·n / (GEMM_PEAK·e(m)·e(k)·e(n))``
   with ``e(d) = d / (d + half)`` (small matrix dimensions waste BLAS's packing and registers);
-* its memory passes (gathering columns, scattering, shift-and-add) at ``MEM_BW`` bytes/s;
+* its memory passes (gathering columns, scattering) at ``MEM_BW`` bytes/s, col2im's
+  shift-and-add (one read of the product) at ``SHIFT_ADD_BW``;
 * for "direct", its multiply-adds (junk columns of its scratch rows included) at a measured
   rate that falls with the taps per output and with the scratch size (backward_filter also
   with short dot products), plus streaming its operands at ``DIRECT_BW``;
@@ -185,6 +186,9 @@ GEMM_CALL = 3e-6
 GEMM_HALF = (6.0, 24.0, 48.0)
 #: Bytes/s of one thread's gather / scatter / shift-and-add passes.
 MEM_BW = 6e9
+#: Bytes/s of one thread reading the product Z in col2im's shift-and-add (vectorised row adds; measured:
+#: res3x3_56's 58 MB in 3.6 ms, 1 thread).
+SHIFT_ADD_BW = 16e9
 #: "direct": float32 multiply-adds/s of one thread over its runs, with few taps and the scratch in L1/L2.
 DIRECT_FMA_RATE = 24e9
 #: "direct": slowdown per doubling of the taps per output channel beyond 8 (more passes, scratch from further away).
@@ -273,7 +277,7 @@ def _estimate_prim(name: str, prim: str, cv, isz: int, threads: int) -> tuple[fl
             return _gemm(mg, cg, p, n * g, peak) / tiles_par, useful, "one GEMM (1x1)"
         executed = 2 * n * m * kk * cg * h * w
         z_bytes = n * m * kk * h * w * isz
-        t = _gemm(mg * kk, cg, h * w, n * g, peak) + (z_bytes + 2 * n * m * kk * p * isz) / MEM_BW
+        t = _gemm(mg * kk, cg, h * w, n * g, peak) + z_bytes / SHIFT_ADD_BW
         note = "GEMM on the input, shift-and-add"
         if executed > 1.5 * useful:
             note += f" (Z at every input position: {executed / useful:.1f}x the useful flops)"
