@@ -247,6 +247,53 @@ def _dots(out, a, src, offs, n):
 
 
 @kernel
+def _dots4(out4, a, src, offs, t, n):
+    """``out4[k, t+i] += sum_j a[k*_ROW + j] * src[offs[t+i] + j]`` for four rows ``k`` and taps ``t..t+3``."""
+    b0 = src[offs[t]:]
+    b1 = src[offs[t + 1]:]
+    b2 = src[offs[t + 2]:]
+    b3 = src[offs[t + 3]:]
+    zero = a.dtype.type(0)
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+    for j in range(n):
+        x0, x1, x2, x3 = b0[j], b1[j], b2[j], b3[j]
+        d0, d1, d2, d3 = a[j], a[_ROW + j], a[2 * _ROW + j], a[3 * _ROW + j]
+        s00 += d0 * x0
+        s01 += d0 * x1
+        s02 += d0 * x2
+        s03 += d0 * x3
+        s10 += d1 * x0
+        s11 += d1 * x1
+        s12 += d1 * x2
+        s13 += d1 * x3
+        s20 += d2 * x0
+        s21 += d2 * x1
+        s22 += d2 * x2
+        s23 += d2 * x3
+        s30 += d3 * x0
+        s31 += d3 * x1
+        s32 += d3 * x2
+        s33 += d3 * x3
+    out4[0, t] += s00
+    out4[0, t + 1] += s01
+    out4[0, t + 2] += s02
+    out4[0, t + 3] += s03
+    out4[1, t] += s10
+    out4[1, t + 1] += s11
+    out4[1, t + 2] += s12
+    out4[1, t + 3] += s13
+    out4[2, t] += s20
+    out4[2, t + 1] += s21
+    out4[2, t + 2] += s22
+    out4[2, t + 3] += s23
+    out4[3, t] += s30
+    out4[3, t + 1] += s31
+    out4[3, t + 2] += s32
+    out4[3, t + 3] += s33
+
+
+@kernel
 def _fill_polyphase(s, x, n, c0, cg, sh, sw, pt, pl, hq, wq):
     """Channels ``c0:c0+cg`` of image ``n``, zero-padded by (pt, pl), as ``sh*sw`` phase blocks of hq x wq.
 
@@ -303,6 +350,8 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
     plane = sh * sw * hq * wq
     rows = max(1, min(oh_, _RUN // wq))
     mpp = (mg + nparts - 1) // nparts
+    if mpp > _MB:  # whole blocks of output channels per task
+        mpp = (mpp + _MB - 1) // _MB * _MB
     nt = offs.shape[0]
     nt8 = nt - nt % 8
     y = np.empty((n_, m_, oh_, ow_), dtype=x.dtype)
@@ -618,9 +667,12 @@ def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, n
     cg = c_ // groups
     mg = m_ // groups
     plane = sh * sw * hq * wq
-    nj = (oh_ - 1) * wq + ow_
+    rows = max(1, min(oh_, _RUN // wq))
+    nt4 = taps - taps % 4
     per = (n_ + nblk - 1) // nblk
     mpp = (mg + nparts - 1) // nparts
+    if mpp > _MB:  # whole blocks of output channels per task
+        mpp = (mpp + _MB - 1) // _MB * _MB
     partial = np.zeros((nblk, m_, taps), dtype=dy.dtype)
     for t in prange(nblk * groups * nparts):
         part = t % nparts
@@ -634,7 +686,7 @@ def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, n
         if m0 < m1 and n0 < n1:
             s = np.empty(cg * plane + _VEC, dtype=dy.dtype)
             s[cg * plane:] = 0
-            dq = np.zeros(_up(nj), dtype=dy.dtype)  # junk columns stay zero
+            dq = np.zeros(max(_MB * _ROW, _up(rows * wq)), dtype=dy.dtype)  # junk columns stay zero
             for n in range(n0, n1):
                 _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt, pl, hq, wq)
                 # junk columns multiply (zeros of dq by) pixels outside the taps' windows: exact unless one is
@@ -642,17 +694,35 @@ def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, n
                 z = s[0] * 0
                 for k in range(cg * plane):
                     z += s[k] * 0
-                for m in range(m0, m1):
-                    for i in range(oh_):
-                        dr = dy[n, m, i]
-                        qr = dq[i * wq:]
-                        for o in range(ow_):
-                            qr[o] = dr[o]
-                    if z == 0:
-                        _dots(partial[nb, m], dq, s, offs, dq.shape[0])
-                    else:
-                        for i in range(oh_):
-                            _dots(partial[nb, m], dq[i * wq:], s[i * wq:], offs, ow_)
+                m = m0
+                while m < m1:
+                    mb = _MB if m1 - m >= _MB and _up(rows * wq) <= _ROW else 1
+                    for oh0 in range(0, oh_, rows):
+                        nr = min(rows, oh_ - oh0)
+                        jn = (nr - 1) * wq + ow_
+                        src = s[oh0 * wq:]
+                        for k in range(mb):  # dy rows of this run, in the scratch's row length
+                            qk = dq[k * _ROW:]
+                            for i in range(nr):
+                                dr = dy[n, m + k, oh0 + i]
+                                qr = qk[i * wq:]
+                                for o in range(ow_):
+                                    qr[o] = dr[o]
+                            for j in range(jn, _up(jn)):
+                                qk[j] = 0
+                        if z != 0:
+                            for k in range(mb):
+                                for i in range(nr):
+                                    _dots(partial[nb, m + k], dq[k * _ROW + i * wq:], src[i * wq:], offs, ow_)
+                        elif mb == _MB:
+                            p4 = partial[nb, m:m + _MB]
+                            for t4 in range(0, nt4, 4):
+                                _dots4(p4, dq, src, offs, t4, _up(jn))
+                            for k in range(_MB):
+                                _dots(p4[k, nt4:], dq[k * _ROW:], src, offs[nt4:], _up(jn))
+                        else:
+                            _dots(partial[nb, m], dq, src, offs, _up(jn))
+                    m += mb
     return partial
 
 
