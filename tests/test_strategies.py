@@ -327,3 +327,60 @@ def test_sum_parts_t(shape):
     _tiles.sum_parts_t(parts, out2, 0, cut)
     _tiles.sum_parts_t(parts, out2, cut, shape[2])
     assert out2.tobytes() == out.tobytes()
+
+
+# --------------------------------------------------------------------------- the gather / scatter kernels
+
+
+def _patch_index(x_shape, p0, pc, c0, c1, t0, t1, kw_, sh, sw, dh, dw, pt, pl, ow_):
+    """(c, ih, iw, valid) arrays of shape (c1-c0, t1-t0, pc) for the tile's column entries."""
+    h, w = x_shape[2], x_shape[3]
+    c = np.arange(c0, c1)[:, None, None]
+    t = np.arange(t0, t1)[None, :, None]
+    pix = p0 + np.arange(pc)[None, None, :]
+    ih = (pix // ow_) * sh - pt + (t // kw_) * dh
+    iw = (pix % ow_) * sw - pl + (t % kw_) * dw
+    valid = (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
+    shape = (c1 - c0, t1 - t0, pc)
+    return tuple(np.broadcast_to(a, shape) for a in (c, np.clip(ih, 0, h - 1), np.clip(iw, 0, w - 1), valid))
+
+
+GATHER_CASES = [  # x shape, (KH, KW), stride, dilation, (pt, pl), tile (n0, nb, p0, pc), channels, taps
+    ((3, 5, 12, 12), (5, 5), (1, 1), (1, 1), (0, 0), (1, 2, 0, 64), (0, 5), (0, 25)),  # 8-wide interior rows
+    ((2, 4, 9, 20), (3, 3), (1, 1), (1, 1), (1, 1), (0, 2, 40, 60), (1, 4), (0, 9)),  # whole rows, p0 > 0
+    ((2, 4, 9, 20), (3, 3), (1, 1), (1, 1), (1, 1), (1, 1, 13, 50), (0, 4), (2, 7)),  # partial rows
+    ((2, 3, 11, 10), (2, 3), (2, 3), (2, 1), (2, 1), (0, 2, 0, 20), (0, 3), (0, 6)),  # strides, dilation
+    ((1, 2, 7, 40), (3, 2), (2, 1), (1, 3), (1, 2), (0, 1, 41, 41), (0, 2), (1, 6)),  # 41-wide rows
+    ((2, 2, 5, 5), (3, 3), (1, 1), (1, 1), (3, 3), (0, 2, 0, 49), (0, 2), (0, 9)),  # pad beyond the kernel
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(GATHER_CASES)))
+def test_gather_and_scatter_patches_against_numpy(case, dtype):
+    """The im2col gather and its adjoint col2im scatter, on whole-row and partial-row tiles, vs NumPy indexing."""
+    xs, (kh, kw), (sh, sw), (dh, dw), (pt, pl), (n0, nb, p0, pc), (c0, c1), (t0, t1) = GATHER_CASES[case]
+    ow_ = (xs[3] + 2 * pl - dw * (kw - 1) - 1) // sw + 1
+    oh_ = (xs[2] + 2 * pt - dh * (kh - 1) - 1) // sh + 1
+    assert p0 + pc <= oh_ * ow_
+    rng = np.random.default_rng(case)
+    x = uniform(rng, xs, dtype)
+    ci, ih, iw, valid = _patch_index(xs, p0, pc, c0, c1, t0, t1, kw, sh, sw, dh, dw, pt, pl, ow_)
+    geo = (kw, sh, sw, dh, dw, pt, pl, ow_)
+    rows = (c1 - c0) * (t1 - t0)
+    out = np.full(nb * rows * pc + 3, np.nan, dtype)
+    _tiles.gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, geo, rows * pc, pc)
+    for nl in range(nb):
+        expect = np.where(valid, x[n0 + nl][ci, ih, iw], 0)
+        np.testing.assert_array_equal(out[nl * rows * pc:(nl + 1) * rows * pc], expect.ravel())
+    assert np.isnan(out[-3:]).all()
+    if (t0, t1) != (0, kh * kw):
+        return  # the scatter always covers every tap
+    src = uniform(rng, (nb * rows * pc,), dtype)
+    dx = np.zeros(xs, dtype)
+    _tiles.scatter_patches(src, dx, n0, nb, p0, pc, c0, c1, kh, kw, sh, sw, dh, dw, pt, pl, ow_, rows * pc, pc)
+    expect = np.zeros(xs, np.float64)
+    for nl in range(nb):
+        v = src[nl * rows * pc:(nl + 1) * rows * pc].reshape(valid.shape)
+        np.add.at(expect[n0 + nl], (ci[valid], ih[valid], iw[valid]), v[valid])
+    assert_close(dx, expect, dtype, k=kh * kw, what=f"scatter case {case}")

@@ -23,6 +23,7 @@ tiles from a shared counter, each with its own scratch buffer.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,18 @@ _blas_lock = threading.Lock()
 _blas_depth = 0
 _blas_saved: list[int] = []
 _blas_libs: list | None = None
+
+
+def _reset_after_fork() -> None:
+    """A forked child has none of the parent's worker threads (a task queued to the inherited pool would never
+    run: the call would hang) and may inherit a lock held by another thread: start afresh."""
+    global _executor, _executor_lock, _blas_lock, _blas_depth
+    _executor, _executor_lock = None, threading.Lock()
+    _blas_lock, _blas_depth = threading.Lock(), 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _find_blas() -> list:
@@ -408,6 +421,49 @@ def _add_gathered(dst, d0, src, s0, n, step):
 
 
 @kernel
+def _valid_rows(h_in, r0, r1, sh, base):
+    """The output rows ``[va, vb)`` within ``[r0, r1)`` whose input row ``oh*sh + base`` lies in ``[0, h_in)``."""
+    va = r0 if base >= 0 else max(r0, (-base + sh - 1) // sh)
+    vb = min(r1, (h_in - 1 - base) // sh + 1) if h_in - 1 - base >= 0 else r0
+    va = min(va, r1)
+    return va, max(vb, va)
+
+
+@kernel
+def _rows_interior(out, d0, xf, s0, nrows, ow_, srow):
+    """``nrows`` whole rows ``out[d0 + r*OW + q] = xf[s0 + r*srow + q]`` (``8 <= OW < 32``) as 8-wide moves."""
+    d = _U(d0)
+    s = _U(s0)
+    last = _U(ow_ - 8)
+    for _ in range(nrows):
+        k = _U(0)
+        while k < last:
+            _copy8(out, d + k, xf, s + k)
+            k += _U(8)
+        _copy8(out, d + last, xf, s + last)
+        d += _U(ow_)
+        s += _U(srow)
+
+
+@kernel
+def _rows_copy(out, d0, xf, s0, nrows, ow_, srow, lo, hi, sw):
+    """``nrows`` whole rows: zeros, then ``xf[s0 + r*srow + q*sw]`` for columns ``lo <= q < hi``, then zeros."""
+    d = d0
+    s = s0 + lo * sw
+    for _ in range(nrows):
+        if lo > 0:
+            _zero(out, d, lo)
+        if sw == 1:
+            _copy(out, d + lo, xf, s, hi - lo)
+        else:
+            _copy_strided(out, d + lo, xf, s, hi - lo, sw)
+        if hi < ow_:
+            _zero(out, d + hi, ow_ - hi)
+        d += ow_
+        s += srow
+
+
+@kernel
 def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, geo, s_n, s_r):
     """im2col of one tile into the flat buffer ``out``; ``geo`` = ``(KW, sh, sw, dh, dw, pt, pl, OW)`` (:func:`geo_of`).
 
@@ -419,7 +475,9 @@ def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, geo, s_n, s_r):
     with tracemalloc), which the memory bounds of tests/test_memory.py would count per tile.
     ``x`` is C-contiguous; each output row
     segment is one copy with unsigned flat indices (no per-element bounds or wraparound
-    logic), so short rows cost a few vector moves.
+    logic), so short rows cost a few vector moves.  A tile of whole output rows (the usual
+    case) handles each tap's rows as one block: the rows in the padding, then the rows that
+    copy (a tight loop of 8-wide moves for 8..31-wide interior rows), then padding again.
     """
     kw_, sh, sw, dh, dw, pt, pl, ow_ = geo
     c_, h_in, w_in = x.shape[1], x.shape[2], x.shape[3]
@@ -430,6 +488,8 @@ def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, geo, s_n, s_r):
     nt = t1 - t0
     r0 = p0 // ow_
     r1 = (p0 + pc - 1) // ow_ + 1
+    full = p0 % ow_ == 0 and pc % ow_ == 0  # whole output rows: per tap, one block of rows
+    short = sw == 1 and ow_ >= 8 and ow_ < 32
     for nl in range(nb):
         for c in range(c0, c1):
             xb = ((n0 + nl) * c_ + c) * hw
@@ -439,6 +499,20 @@ def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, geo, s_n, s_r):
                 off = kw * dw - pl
                 lo, hi = _valid_cols(w_in, ow_, sw, off)
                 db = nl * s_n + ((c - c0) * nt + (t - t0)) * s_r - p0  # + pixel index
+                if full:
+                    base = kh * dh - pt
+                    va, vb = _valid_rows(h_in, r0, r1, sh, base)
+                    if va > r0:
+                        _zero(out, db + r0 * ow_, (va - r0) * ow_)
+                    if vb > va:
+                        s = xb + (va * sh + base) * w_in + off
+                        if short and lo == 0 and hi == ow_:
+                            _rows_interior(out, db + va * ow_, xf, s, vb - va, ow_, sh * w_in)
+                        else:
+                            _rows_copy(out, db + va * ow_, xf, s, vb - va, ow_, sh * w_in, lo, hi, sw)
+                    if r1 > vb:
+                        _zero(out, db + vb * ow_, (r1 - vb) * ow_)
+                    continue
                 for oh in range(r0, r1):
                     rb = oh * ow_
                     ca = max(p0 - rb, 0)
@@ -462,6 +536,36 @@ def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, geo, s_n, s_r):
 
 
 @kernel
+def _rows_add(xf, d0, src, s0, nrows, ow_, drow, lo, hi, sw):
+    """``nrows`` rows: ``xf[d0 + r*drow + q*sw] += src[s0 + r*OW + q]`` for columns ``lo <= q < hi``."""
+    d = d0 + lo * sw
+    s = s0 + lo
+    n = hi - lo
+    if sw == 1 and n >= 8 and n < 32:  # short rows: 8-wide adds, then the tail
+        full = _U(n - n % 8)
+        ud = _U(d)
+        us = _U(s)
+        for _ in range(nrows):
+            k = _U(0)
+            while k < full:
+                _add8(xf, ud + k, src, us + k)
+                k += _U(8)
+            while k < _U(n):
+                xf[ud + k] += src[us + k]
+                k += _U(1)
+            ud += _U(drow)
+            us += _U(ow_)
+        return
+    for _ in range(nrows):
+        if sw == 1:
+            _add(xf, d, src, s, n)
+        else:
+            _add_strided(xf, d, src, s, n, sw)
+        d += drow
+        s += ow_
+
+
+@kernel
 def scatter_patches(src, dx, n0, nb, p0, pc, c0, c1, kh_, kw_, sh, sw, dh, dw, pt, pl, ow_, s_n, s_r):
     """col2im of one tile: the adjoint of :func:`gather_patches` (all taps), added into ``dx``.
 
@@ -476,6 +580,7 @@ def scatter_patches(src, dx, n0, nb, p0, pc, c0, c1, kh_, kw_, sh, sw, dh, dw, p
     nt = kh_ * kw_
     r0 = p0 // ow_
     r1 = (p0 + pc - 1) // ow_ + 1
+    full = p0 % ow_ == 0 and pc % ow_ == 0  # whole output rows: per tap, one block of rows
     for nl in range(nb):
         for c in range(c0, c1):
             xb = ((n0 + nl) * c_ + c) * hw
@@ -485,6 +590,13 @@ def scatter_patches(src, dx, n0, nb, p0, pc, c0, c1, kh_, kw_, sh, sw, dh, dw, p
                 off = kw * dw - pl
                 lo, hi = _valid_cols(w_in, ow_, sw, off)
                 sb = nl * s_n + ((c - c0) * nt + t) * s_r - p0
+                if full:
+                    base = kh * dh - pt
+                    va, vb = _valid_rows(h_in, r0, r1, sh, base)
+                    if vb > va and hi > lo:
+                        _rows_add(xf, xb + (va * sh + base) * w_in + off, src, sb + va * ow_, vb - va, ow_,
+                                  sh * w_in, lo, hi, sw)
+                    continue
                 for oh in range(r0, r1):
                     ih = oh * sh - pt + kh * dh
                     if ih < 0 or ih >= h_in:
