@@ -349,6 +349,19 @@ def _add8(dst, d, src, s):
 
 
 @kernel
+def _add4(dst, d, src, s):
+    """``dst[d:d+4] += src[s:s+4]``: all loads before all stores (one vector add)."""
+    v0 = dst[d] + src[s]
+    v1 = dst[d + _U(1)] + src[s + _U(1)]
+    v2 = dst[d + _U(2)] + src[s + _U(2)]
+    v3 = dst[d + _U(3)] + src[s + _U(3)]
+    dst[d] = v0
+    dst[d + _U(1)] = v1
+    dst[d + _U(2)] = v2
+    dst[d + _U(3)] = v3
+
+
+@kernel
 def _copy(dst, d0, src, s0, n):
     """``dst[d0:d0+n] = src[s0:s0+n]`` (1-D, not overlapping); short rows as 8-wide blocks, the last overlapping."""
     d = _U(d0)
@@ -396,8 +409,12 @@ def _add(dst, d0, src, s0, n):
     while k < full:
         _add8(dst, d + k, src, s + k)
         k += _U(8)
-    for u in range(n % 8):
-        dst[d + full + _U(u)] += src[s + full + _U(u)]
+    if n % 8 >= 4:
+        _add4(dst, d + k, src, s + k)
+        k += _U(4)
+    while k < _U(n):
+        dst[d + k] += src[s + k]
+        k += _U(1)
 
 
 @kernel
@@ -550,6 +567,9 @@ def _rows_add(xf, d0, src, s0, nrows, ow_, drow, lo, hi, sw):
             while k < full:
                 _add8(xf, ud + k, src, us + k)
                 k += _U(8)
+            if n % 8 >= 4:
+                _add4(xf, ud + k, src, us + k)
+                k += _U(4)
             while k < _U(n):
                 xf[ud + k] += src[us + k]
                 k += _U(1)

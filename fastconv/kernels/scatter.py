@@ -60,6 +60,9 @@ def shift_add(z, y, n0, nb, oh0, oh1, ih_lo, rows, h_in, w_in, kh_, kw_, sh, sw,
     yf = y.reshape(y.size)
     kk = kh_ * kw_
     zs = rows * w_in
+    cols = np.empty((kw_, 2), dtype=np.int64)  # each kw's valid output columns, computed once
+    for kw in range(kw_):
+        cols[kw, 0], cols[kw, 1] = _valid_cols(w_in, ow_, sw, kw * dw - pl)
     for nl in range(nb):
         for m in range(m_):
             for oh in range(oh0, oh1):
@@ -71,7 +74,8 @@ def shift_add(z, y, n0, nb, oh0, oh1, ih_lo, rows, h_in, w_in, kh_, kw_, sh, sw,
                         continue
                     for kw in range(kw_):
                         off = kw * dw - pl
-                        lo, hi = _valid_cols(w_in, ow_, sw, off)
+                        lo = cols[kw, 0]
+                        hi = cols[kw, 1]
                         if hi <= lo:
                             continue
                         zb = ((nl * m_ + m) * kk + kh * kw_ + kw) * zs + (ih - ih_lo) * w_in + off
