@@ -189,16 +189,15 @@ MEM_BW = 6e9
 #: Bytes/s of one thread reading the product Z in col2im's shift-and-add (vectorised row adds; measured:
 #: res3x3_56's 58 MB in 3.6 ms, 1 thread).
 SHIFT_ADD_BW = 16e9
-#: "direct": float32 multiply-adds/s of one thread over its runs, with few taps and the scratch in L1/L2.
-DIRECT_FMA_RATE = 24e9
-#: "direct": slowdown per doubling of the taps per output channel beyond 8 (more passes, scratch from further away).
-DIRECT_TAPS_COST = 0.18
-#: "direct": rate factor when a task's scratch planes exceed DIRECT_L2 bytes.
-DIRECT_L2, DIRECT_L2_FACTOR = 256 * 1024, 0.7
+#: "direct": float32 multiply-adds/s of one thread over its runs (junk columns included), per primitive, with one
+#: output channel per pass and with four (forward / backward_filter, >= 4 output channels per group), and the
+#: channel count at which the rate halves (forward: input channels per group, backward_data: output channels
+#: per group; more channels = more passes over the runs from a scratch further away).  Measured on the
+#: development machine, 1 thread: dw3x3_56, lenet1, lenet2, stem7x7, res3x3_56, res3x3_14, pw1x1_28.
+DIRECT_RATE = {"forward": (22e9, 36e9, 16.0), "backward_data": (20e9, 20e9, 64.0),
+               "backward_filter": (20e9, 30e9, math.inf)}
 #: "direct": bytes/s of one thread streaming its operands from memory.
-DIRECT_BW = 12e9
-#: "direct" backward_filter: run length (elements of one dot product) at which it runs at half speed.
-DIRECT_DOT_HALF = 256.0
+DIRECT_BW = 16e9
 #: The depthwise-like grouped kernels of "im2col"/"col2im": useful flop/s of one thread.
 GROUPED_RATE = 6e9
 
@@ -291,26 +290,21 @@ def _estimate_direct(prim: str, cv, isz: int, threads: int) -> tuple[float, int,
     n, m, cg, mg, kk = cv.n, cv.m, cv.cg, cv.mg, cv.kk
     useful = 2 * n * m * cg * kk * cv.p
     wq = -(-((cv.ow - 1) * cv.sw + (cv.kw - 1) * cv.dw + 1) // cv.sw)  # scratch row length (junk columns)
-    hq = -(-((cv.oh - 1) * cv.sh + (cv.kh - 1) * cv.dh + 1) // cv.sh)
     same_width = cv.sh == cv.sw == 1 and cv.ow == cv.w  # runs straight between the operands' rows, no junk
-    x_bytes, y_bytes = n * cv.c * cv.h * cv.w * isz, n * m * cv.p * isz
+    one, four, half = DIRECT_RATE[prim]
     if prim == "backward_data":
-        taps = mg * kk / (cv.sh * cv.sw)
-        wd = cv.ow + (cv.kw - 1) * cv.dw
-        junk = 1.0 if same_width else wd * cv.sw / cv.w
-        scratch = mg * (cv.oh + (cv.kh - 1) * cv.dh) * wd * isz
+        # every dx pixel sums its phase's taps over the zero-padded dy (a "full" correlation)
+        fmas = n * cv.c * cv.h * cv.w * mg * kk / (cv.sh * cv.sw)
+        fmas *= 1.0 if same_width else (cv.w + (cv.kw - 1) * cv.dw) / cv.w
+        rate = one / (1 + mg / half)
     else:
-        taps = cg * kk
-        junk = 1.0 if same_width else wq / cv.ow
-        scratch = cg * cv.sh * cv.sw * hq * wq * isz
-    rate = DIRECT_FMA_RATE * (4 / isz) / (1 + DIRECT_TAPS_COST * math.log2(max(1.0, taps / 8)))
-    if scratch > DIRECT_L2:
-        rate *= DIRECT_L2_FACTOR
-    if prim == "backward_filter":
-        rate *= _e(cv.oh * wq, DIRECT_DOT_HALF)  # each pass ends in horizontal sums
+        fmas = useful / 2 * (1.0 if same_width and prim == "forward" else wq / cv.ow)
+        rate = (four if mg >= 4 else one) / (1 + cg / half)
+    rate *= 4 / isz
+    operands = (n * cv.c * cv.h * cv.w + n * m * cv.p) * isz
     par = max(1, min(threads, n * m))
-    t = (useful / 2 * junk / rate + (x_bytes + y_bytes) / DIRECT_BW) / par
-    return t, useful, "runs over padded scratch planes" if not same_width else "runs straight between planes"
+    t = (fmas / rate + operands / DIRECT_BW) / par
+    return t, useful, "runs straight between planes" if same_width else "runs over padded scratch planes"
 
 
 def estimate(name: str, p: Problem, threads: int | None = None) -> Candidate:
