@@ -586,6 +586,38 @@ def _rows_add(xf, d0, src, s0, nrows, ow_, drow, lo, hi, sw):
 
 
 @kernel
+def _rows_shift_add(dst, d0, drow, src, s0, srow, nrows, n, sw):
+    """``dst[d0 + r*drow + q] += src[s0 + r*srow + q*sw]`` for ``r < nrows``, ``q < n``."""
+    d = d0
+    s = s0
+    if sw == 1 and n >= 8 and n < 32:  # short rows: 8-wide adds, a 4-wide one, then the tail
+        full = _U(n - n % 8)
+        ud = _U(d)
+        us = _U(s)
+        for _ in range(nrows):
+            k = _U(0)
+            while k < full:
+                _add8(dst, ud + k, src, us + k)
+                k += _U(8)
+            if n % 8 >= 4:
+                _add4(dst, ud + k, src, us + k)
+                k += _U(4)
+            while k < _U(n):
+                dst[ud + k] += src[us + k]
+                k += _U(1)
+            ud += _U(drow)
+            us += _U(srow)
+        return
+    for _ in range(nrows):
+        if sw == 1:
+            _add(dst, d, src, s, n)
+        else:
+            _add_gathered(dst, d, src, s, n, sw)
+        d += drow
+        s += srow
+
+
+@kernel
 def scatter_patches(src, dx, n0, nb, p0, pc, c0, c1, kh_, kw_, sh, sw, dh, dw, pt, pl, ow_, s_n, s_r):
     """col2im of one tile: the adjoint of :func:`gather_patches` (all taps), added into ``dx``.
 

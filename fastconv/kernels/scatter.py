@@ -31,9 +31,9 @@ from ._tiles import (
     TILES_PER_THREAD,
     Conv,
     Scratch,
-    _add,
-    _add_gathered,
+    _rows_shift_add,
     _valid_cols,
+    _valid_rows,
     _zero,
     conv_of,
     gather_dy,
@@ -54,35 +54,29 @@ from .gemm import backward_data, backward_data_scratch, filter_plan  # noqa: F40
 def shift_add(z, y, n0, nb, oh0, oh1, ih_lo, rows, h_in, w_in, kh_, kw_, sh, sw, dh, dw, pt, pl):
     """``y[n0+nl, m, oh, :] = Σ_taps Z[nl, m·KK + t, (ih - ih_lo)·W + iw]`` for ``oh0 <= oh < oh1``.
 
-    Each row is added tap by tap in a fixed order with unsigned flat indices (vectorised adds).
+    Per output channel the plane's rows are zeroed, then each tap (in the fixed order
+    t = kh·KW + kw) adds its shifted block of Z rows: one tight loop of row adds per tap.
     """
     m_, oh_, ow_ = y.shape[1], y.shape[2], y.shape[3]
     yf = y.reshape(y.size)
     kk = kh_ * kw_
     zs = rows * w_in
-    cols = np.empty((kw_, 2), dtype=np.int64)  # each kw's valid output columns, computed once
-    for kw in range(kw_):
-        cols[kw, 0], cols[kw, 1] = _valid_cols(w_in, ow_, sw, kw * dw - pl)
     for nl in range(nb):
         for m in range(m_):
-            for oh in range(oh0, oh1):
-                yb = ((n0 + nl) * m_ + m) * oh_ * ow_ + oh * ow_
-                _zero(yf, yb, ow_)
-                for kh in range(kh_):
-                    ih = oh * sh - pt + kh * dh
-                    if ih < 0 or ih >= h_in:
+            yb = ((n0 + nl) * m_ + m) * oh_ * ow_
+            _zero(yf, yb + oh0 * ow_, (oh1 - oh0) * ow_)
+            for kh in range(kh_):
+                base = kh * dh - pt
+                va, vb = _valid_rows(h_in, oh0, oh1, sh, base)
+                if vb <= va:
+                    continue
+                for kw in range(kw_):
+                    off = kw * dw - pl
+                    lo, hi = _valid_cols(w_in, ow_, sw, off)
+                    if hi <= lo:
                         continue
-                    for kw in range(kw_):
-                        off = kw * dw - pl
-                        lo = cols[kw, 0]
-                        hi = cols[kw, 1]
-                        if hi <= lo:
-                            continue
-                        zb = ((nl * m_ + m) * kk + kh * kw_ + kw) * zs + (ih - ih_lo) * w_in + off
-                        if sw == 1:
-                            _add(yf, yb + lo, z, zb + lo, hi - lo)
-                        else:
-                            _add_gathered(yf, yb + lo, z, zb + lo * sw, hi - lo, sw)
+                    zb = ((nl * m_ + m) * kk + kh * kw_ + kw) * zs + (va * sh + base - ih_lo) * w_in + off
+                    _rows_shift_add(yf, yb + va * ow_ + lo, ow_, z, zb + lo * sw, sh * w_in, vb - va, hi - lo, sw)
 
 
 def _in_rows(cv: Conv, oh0: int, oh1: int) -> tuple[int, int]:
