@@ -72,6 +72,7 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
     x4 = x.reshape(cv.n, g, cv.cg, cv.h * cv.w)
 
     geo = geo_of(cv)
+
     def work(i: int, slot: int) -> None:
         n0, nb, p0, pc = tiles[i]
         if pointwise:  # the columns are the input itself
@@ -217,6 +218,7 @@ def _backward_filter_rows(dy: np.ndarray, x: np.ndarray, cv: Conv, blocks, dw: n
     dw2 = dw.reshape(m, cv.c * kk)
 
     geo = geo_of(cv)
+
     def work(i: int, slot: int) -> None:
         c0, c1 = blocks[i]
         cols = scratch.get(slot, "cols", (c1 - c0) * kk * k)
@@ -267,6 +269,7 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     parts = scratch.shared["part"].reshape(len(units), g, cg * kk, mg)
 
     geo = geo_of(cv)
+
     def work(u: int, slot: int) -> None:
         for i in range(*units[u]):
             n0, nb, p0, pc = tiles[i]

@@ -213,6 +213,7 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     parts = scratch.shared["part"].reshape(len(units), g, cg * kk, mg)
 
     geo = geo_of(cv)
+
     def work(u: int, slot: int) -> None:
         acc = parts[u].reshape(g, cg, kk, mg)
         for i in range(*units[u]):
