@@ -69,13 +69,35 @@ def _run(kern, *args):
 
 @kernel
 def _accumulate(dst, src, offs, wv, n, init):
-    """``dst[:n] (= if init else +=) sum_t wv[t] * src[offs[t]:offs[t] + n]``, eight taps per pass."""
+    """``dst[:n] (= if init else +=) sum_t wv[t] * src[offs[t]:offs[t] + n]``, eight taps per pass (nine when
+    exactly nine are left: a 3x3 kernel in one pass)."""
     nt = offs.shape[0]
     t = 0
     first = init
     while t < nt:
         k = nt - t
-        if k >= 8:
+        if k == 9:  # a 3x3 kernel's taps in one pass
+            a0 = src[offs[t]:]
+            a1 = src[offs[t + 1]:]
+            a2 = src[offs[t + 2]:]
+            a3 = src[offs[t + 3]:]
+            a4 = src[offs[t + 4]:]
+            a5 = src[offs[t + 5]:]
+            a6 = src[offs[t + 6]:]
+            a7 = src[offs[t + 7]:]
+            a8 = src[offs[t + 8]:]
+            c0, c1, c2, c3 = wv[t], wv[t + 1], wv[t + 2], wv[t + 3]
+            c4, c5, c6, c7, c8 = wv[t + 4], wv[t + 5], wv[t + 6], wv[t + 7], wv[t + 8]
+            if first:
+                for j in range(n):
+                    dst[j] = ((c0 * a0[j] + c1 * a1[j]) + (c2 * a2[j] + c3 * a3[j])) + (
+                        (c4 * a4[j] + c5 * a5[j]) + (c6 * a6[j] + c7 * a7[j])) + c8 * a8[j]
+            else:
+                for j in range(n):
+                    dst[j] += ((c0 * a0[j] + c1 * a1[j]) + (c2 * a2[j] + c3 * a3[j])) + (
+                        (c4 * a4[j] + c5 * a5[j]) + (c6 * a6[j] + c7 * a7[j])) + c8 * a8[j]
+            t += 9
+        elif k >= 8:
             a0 = src[offs[t]:]
             a1 = src[offs[t + 1]:]
             a2 = src[offs[t + 2]:]
@@ -186,7 +208,39 @@ def _dots(out, a, src, offs, n):
     t = 0
     zero = a.dtype.type(0)
     while t < nt:
-        if nt - t >= 8:
+        if nt - t == 9:  # a 3x3 kernel's taps in one pass
+            b0 = src[offs[t]:]
+            b1 = src[offs[t + 1]:]
+            b2 = src[offs[t + 2]:]
+            b3 = src[offs[t + 3]:]
+            b4 = src[offs[t + 4]:]
+            b5 = src[offs[t + 5]:]
+            b6 = src[offs[t + 6]:]
+            b7 = src[offs[t + 7]:]
+            b8 = src[offs[t + 8]:]
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+            for j in range(n):
+                v = a[j]
+                s0 += v * b0[j]
+                s1 += v * b1[j]
+                s2 += v * b2[j]
+                s3 += v * b3[j]
+                s4 += v * b4[j]
+                s5 += v * b5[j]
+                s6 += v * b6[j]
+                s7 += v * b7[j]
+                s8 += v * b8[j]
+            out[t] += s0
+            out[t + 1] += s1
+            out[t + 2] += s2
+            out[t + 3] += s3
+            out[t + 4] += s4
+            out[t + 5] += s5
+            out[t + 6] += s6
+            out[t + 7] += s7
+            out[t + 8] += s8
+            t += 9
+        elif nt - t >= 8:
             b0 = src[offs[t]:]
             b1 = src[offs[t + 1]:]
             b2 = src[offs[t + 2]:]
