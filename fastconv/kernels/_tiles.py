@@ -366,7 +366,7 @@ def _copy(dst, d0, src, s0, n):
     """``dst[d0:d0+n] = src[s0:s0+n]`` (1-D, not overlapping); short rows as 8-wide blocks, the last overlapping."""
     d = _U(d0)
     s = _U(s0)
-    if n >= 32 or n < 8:
+    if n >= 64 or n < 8:
         for u in range(n):
             dst[d + _U(u)] = src[s + _U(u)]
         return
@@ -448,7 +448,7 @@ def _valid_rows(h_in, r0, r1, sh, base):
 
 @kernel
 def _rows_interior(out, d0, xf, s0, nrows, ow_, srow):
-    """``nrows`` whole rows ``out[d0 + r*OW + q] = xf[s0 + r*srow + q]`` (``8 <= OW < 32``) as 8-wide moves."""
+    """``nrows`` whole rows ``out[d0 + r*OW + q] = xf[s0 + r*srow + q]`` (``8 <= OW < 64``) as 8-wide moves."""
     d = _U(d0)
     s = _U(s0)
     last = _U(ow_ - 8)
@@ -494,7 +494,7 @@ def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, geo, s_n, s_r):
     segment is one copy with unsigned flat indices (no per-element bounds or wraparound
     logic), so short rows cost a few vector moves.  A tile of whole output rows (the usual
     case) handles each tap's rows as one block: the rows in the padding, then the rows that
-    copy (a tight loop of 8-wide moves for 8..31-wide interior rows), then padding again.
+    copy (a tight loop of 8-wide moves for 8..63-wide interior rows), then padding again.
     """
     kw_, sh, sw, dh, dw, pt, pl, ow_ = geo
     c_, h_in, w_in = x.shape[1], x.shape[2], x.shape[3]
@@ -506,7 +506,7 @@ def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, geo, s_n, s_r):
     r0 = p0 // ow_
     r1 = (p0 + pc - 1) // ow_ + 1
     full = p0 % ow_ == 0 and pc % ow_ == 0  # whole output rows: per tap, one block of rows
-    short = sw == 1 and ow_ >= 8 and ow_ < 32
+    short = sw == 1 and ow_ >= 8 and ow_ < 64
     for nl in range(nb):
         for c in range(c0, c1):
             xb = ((n0 + nl) * c_ + c) * hw
