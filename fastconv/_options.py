@@ -11,7 +11,9 @@ exactly as IEEE arithmetic (and PyTorch) would.
 from __future__ import annotations
 
 import functools
+import os
 import threading
+import types
 
 import numba
 
@@ -29,11 +31,19 @@ def kernel(func):
 def parallel_kernel(func):
     """Decorate a ``prange`` numba kernel with fastconv's options (called from Python only, through a launch guard).
 
-    numba's "workqueue" threading layer (what ``pip install numba`` gives where neither TBB nor an
-    OpenMP runtime is available, e.g. macOS without libomp) aborts the whole process when two threads
-    launch parallel kernels at once.  The guard serialises fastconv's launches while the layer is
-    unknown (before the first launch) or is workqueue; with "omp" or "tbb", which are thread safe, it
-    is one extra Python call.  The numba dispatcher is the guard's ``dispatcher`` (and ``__wrapped__``).
+    The guard makes the kernels safe under every numba threading layer:
+
+    * "workqueue" (what ``pip install numba`` gives where neither TBB nor an OpenMP runtime is
+      available, e.g. macOS without libomp) aborts the whole process when two threads launch
+      parallel kernels at once: launches are serialised while the layer is unknown (before the
+      first launch) or is workqueue.  With "omp" or "tbb", which are thread safe, the guard is
+      one extra Python call.
+    * GNU OpenMP ("omp" on Linux) terminates a forked child that launches a parallel region after
+      the parent had started it.  In such a child the guard runs a serial twin of the kernel
+      (``prange`` as ``range``, compiled on first use, cached on disk under its own name): same
+      results, one thread.
+
+    The numba dispatcher is the guard's ``dispatcher`` (and ``__wrapped__``).
     """
     return _guarded(numba.njit(parallel=True, **NJIT_OPTIONS)(func))
 
@@ -41,17 +51,36 @@ def parallel_kernel(func):
 _launch_lock = threading.RLock()
 #: None until the first parallel launch, then whether the threading layer may be entered concurrently.
 _layer_threadsafe: bool | None = None
+#: Set in a forked child; then whether parallel launches would terminate it (decided on its first launch).
+_forked = False
+_child_serial: bool | None = None
 
 
 def _guarded(dispatcher):
+    twin = []
+
     def launch(*args, **kwargs):
         if _layer_threadsafe:
             return dispatcher(*args, **kwargs)
+        if _forked and _serial_in_child():
+            if not twin:
+                twin.append(numba.njit(**NJIT_OPTIONS)(_renamed(dispatcher.py_func, "__serial")))
+            return twin[0](*args, **kwargs)
         return _locked_launch(dispatcher, args, kwargs)
 
     functools.update_wrapper(launch, dispatcher.py_func)
     launch.__wrapped__ = launch.dispatcher = dispatcher
     return launch
+
+
+def _renamed(func, suffix: str):
+    """A copy of ``func`` under another qualified name: numba's disk cache keys its files by that name (and not by
+    the ``parallel`` option), so the serial twin gets cache files of its own."""
+    twin = types.FunctionType(func.__code__, func.__globals__, func.__name__ + suffix, func.__defaults__,
+                              func.__closure__)
+    twin.__qualname__ = func.__qualname__ + suffix
+    twin.__module__ = func.__module__
+    return twin
 
 
 def _locked_launch(dispatcher, args, kwargs):
@@ -61,3 +90,33 @@ def _locked_launch(dispatcher, args, kwargs):
         if _layer_threadsafe is None:
             _layer_threadsafe = numba.threading_layer() != "workqueue"
     return out
+
+
+def _serial_in_child() -> bool:
+    """In a forked child: did the parent start GNU OpenMP (so a parallel launch here would terminate us)?"""
+    global _child_serial
+    if _child_serial is None:
+        try:
+            layer = numba.threading_layer()  # ValueError: the parent never started a threading layer
+        except ValueError:
+            layer = None
+        vendor = None
+        if layer == "omp":
+            try:
+                from numba.np.ufunc import omppool
+
+                vendor = getattr(omppool, "openmp_vendor", "GNU")
+            except ImportError:
+                vendor = "GNU"
+        _child_serial = layer == "omp" and vendor == "GNU"
+    return _child_serial
+
+
+def _after_fork_in_child() -> None:
+    global _launch_lock, _layer_threadsafe, _forked, _child_serial
+    _launch_lock = threading.RLock()  # another thread of the parent may have held it
+    _layer_threadsafe, _forked, _child_serial = None, True, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

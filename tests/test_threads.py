@@ -9,6 +9,10 @@
 * numba's "workqueue" threading layer aborts the process on concurrent parallel launches; fastconv
   serialises its launches there (fastconv/_options.py).  A subprocess forced onto workqueue runs the
   8-thread mix and must exit cleanly with the serial results.
+* Forked children (``multiprocessing`` with the "fork" start method, the default on Linux before
+  Python 3.14) of a process that already ran fastconv: GNU OpenMP would terminate them on their first
+  parallel launch and the GEMM strategies' inherited thread pool has no threads; they must compute the
+  parent's results.
 """
 
 from __future__ import annotations
@@ -153,3 +157,38 @@ def test_workqueue_layer_is_made_safe():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
     assert "mismatches []" in proc.stdout, proc.stdout
+
+
+_FORK_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import multiprocessing as mp
+import numba
+import test_threads as T
+
+JOBS = T._jobs()
+PICK = [i for i, (label, _) in enumerate(JOBS)
+        if label.startswith(("conv2d direct", "conv2d im2col", "conv2d_backward col2im", "max_pool2d 2x2"))]
+
+
+def run(i):
+    return T._bytes(JOBS[i][1]())
+
+
+if __name__ == "__main__":
+    expected = {{i: run(i) for i in PICK}}
+    print("layer", numba.threading_layer(), flush=True)
+    with mp.get_context("fork").Pool(2) as pool:
+        got = pool.map_async(run, PICK, chunksize=4).get(timeout=240)  # a killed child would hang map()
+    print("mismatches", sorted(JOBS[i][0] for i, g in zip(PICK, got) if g != expected[i]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_forked_children_compute_the_parents_results(tmp_path):
+    tests = str(Path(__file__).resolve().parent)
+    script = tmp_path / "fork_children.py"
+    script.write_text(_FORK_SCRIPT.format(tests=tests))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=480)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert "mismatches []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
