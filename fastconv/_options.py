@@ -40,8 +40,8 @@ def parallel_kernel(func):
       one extra Python call.
     * GNU OpenMP ("omp" on Linux) terminates a forked child that launches a parallel region after
       the parent had started it.  In such a child the guard runs a serial twin of the kernel
-      (``prange`` as ``range``, compiled on first use, cached on disk under its own name): same
-      results, one thread.
+      (``prange`` as ``range``, compiled on first use, cached on disk under its own name): one
+      thread, the same results up to rounding (LLVM may vectorise the twin's sums differently).
 
     The numba dispatcher is the guard's ``dispatcher`` (and ``__wrapped__``).
     """

@@ -164,15 +164,31 @@ import sys
 sys.path.insert(0, {tests!r})
 import multiprocessing as mp
 import numba
+import numpy as np
 import test_threads as T
+from conftest import TOL
 
 JOBS = T._jobs()
 PICK = [i for i, (label, _) in enumerate(JOBS)
         if label.startswith(("conv2d direct", "conv2d im2col", "conv2d_backward col2im", "max_pool2d 2x2"))]
+K = 512  # >= every reduction size in T._jobs (at most N*H*W = 3*13*11 products of values in [-1, 1])
 
 
 def run(i):
-    return T._bytes(JOBS[i][1]())
+    out = JOBS[i][1]()
+    return out if isinstance(out, tuple) else (out,)
+
+
+def close(got, exp):
+    for g, e in zip(got, exp, strict=True):
+        if g.dtype != e.dtype or g.shape != e.shape:
+            return False
+        if e.dtype.kind != "f":
+            if not np.array_equal(g, e):
+                return False
+        elif not np.all(np.abs(g.astype(np.float64) - e) <= TOL[e.dtype] * (K + np.abs(e))):
+            return False
+    return True
 
 
 if __name__ == "__main__":
@@ -180,12 +196,14 @@ if __name__ == "__main__":
     print("layer", numba.threading_layer(), flush=True)
     with mp.get_context("fork").Pool(2) as pool:
         got = pool.map_async(run, PICK, chunksize=4).get(timeout=240)  # a killed child would hang map()
-    print("mismatches", sorted(JOBS[i][0] for i, g in zip(PICK, got) if g != expected[i]))
+    print("mismatches", sorted(JOBS[i][0] for i, g in zip(PICK, got) if not close(g, expected[i])))
 """
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
 def test_forked_children_compute_the_parents_results(tmp_path):
+    """Same results as the parent, within the tolerance table: a child may run serial twins of the kernels,
+    compiled separately, whose sums LLVM may vectorise in another order (fastmath reassociation)."""
     tests = str(Path(__file__).resolve().parent)
     script = tmp_path / "fork_children.py"
     script.write_text(_FORK_SCRIPT.format(tests=tests))
