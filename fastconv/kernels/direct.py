@@ -646,6 +646,79 @@ def _backward_data_kernel(dy, wf, toff, twi, tp, phq, phr, sh, sw, groups, cg, p
     return dx
 
 
+@parallel_kernel
+def _kn2row_kernel(dy, wz, sh, sw, dh, dw, pt, pl, groups, kw_, h_, w_, nparts):
+    """backward_data as ``Z[t] = sum_m w[m, c, t] * dy[m]`` (four taps x eight dy planes per pass) and a
+    scatter-add of each tap's ``Z[t]`` into ``dx`` at the pixels that tap really reaches.
+
+    ``wz[g, cl, t, mm] = w[g*mg + mm, cl, t]``.  One task per (image, group, part of its input channels);
+    the task zeroes its ``dx`` planes and adds into them in a fixed order.
+    """
+    n_, m_, oh_, ow_ = dy.shape
+    cg, kk, mg = wz.shape[1], wz.shape[2], wz.shape[3]
+    c_ = cg * groups
+    p_ = oh_ * ow_
+    rows = max(1, min(oh_, _RUN // ow_))
+    offs = np.arange(mg) * p_
+    mg8 = mg - mg % 8
+    cpp = (cg + nparts - 1) // nparts
+    dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
+    for task in prange(n_ * groups * nparts):
+        part = task % nparts
+        r = task // nparts
+        g = r % groups
+        n = r // groups
+        c0 = part * cpp
+        c1 = min(c0 + cpp, cg)
+        if c0 < c1:
+            src = dy[n].reshape(m_ * p_)[g * mg * p_:]
+            z = np.empty(_MB * _ROW, dtype=dy.dtype)
+            for cl in range(c0, c1):
+                plane = dx[n, g * cg + cl]
+                for i in range(h_):
+                    for q in range(w_):
+                        plane[i, q] = 0
+                wc = wz[g, cl]
+                for r0 in range(0, oh_, rows):
+                    nr = min(rows, oh_ - r0)
+                    nj = nr * ow_
+                    s0 = src[r0 * ow_:]
+                    for t0 in range(0, kk, _MB):
+                        tb = min(_MB, kk - t0)
+                        if tb == _MB and mg8 > 0:
+                            w4 = wc[t0:t0 + _MB]
+                            for m8 in range(0, mg8, 8):
+                                _pass4(z, s0, offs, w4, m8, nj, m8 == 0)
+                            if mg8 < mg:
+                                for k in range(_MB):
+                                    _accumulate(z[k * _ROW:], s0, offs[mg8:], w4[k, mg8:], nj, False)
+                        else:
+                            for k in range(tb):
+                                _accumulate(z[k * _ROW:], s0, offs, wc[t0 + k], nj, True)
+                        for k in range(tb):  # scatter-add tap t0 + k where it lands inside dx
+                            tt = t0 + k
+                            ki = tt // kw_
+                            coff = (tt - ki * kw_) * dw - pl
+                            lo = max(0, -(coff // sw))
+                            last = w_ - 1 - coff
+                            hi = min(ow_, last // sw + 1) if last >= 0 else 0
+                            zk = z[k * _ROW:]
+                            for i in range(nr):
+                                ih = (r0 + i) * sh + ki * dh - pt
+                                if 0 <= ih < h_ and lo < hi:
+                                    drow = plane[ih]
+                                    zr = zk[i * ow_:]
+                                    if sw == 1:
+                                        d = drow[lo + coff:]
+                                        zz = zr[lo:]
+                                        for q in range(hi - lo):
+                                            d[q] += zz[q]
+                                    else:
+                                        for q in range(lo, hi):
+                                            drow[q * sw + coff] += zr[q]
+    return dx
+
+
 def _phase_taps(k: int, d: int, s: int, before: int, n_in: int, n_out: int):
     """Per output phase ``a`` of one axis: its taps ``(kk, offset)`` and length; the dy padding needed.
 
@@ -681,6 +754,10 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     pt, _, pl, _ = geom.pad
     mg = m // g
+    if mg >= 8 and kh * kw >= _MB and ow <= _RUN:
+        # many dy planes per group: reduce over them first, four taps x eight planes per pass (kn2row)
+        wz = np.ascontiguousarray(w.reshape(g, mg, cg, kh * kw).transpose(0, 2, 3, 1))
+        return _run(_kn2row_kernel, dy, wz, sh, sw, dh, dw, pt, pl, g, kw, h, wd_, _parts(n * g, cg))
     if (sh, sw) == (1, 1) and geom.pad[2] + geom.pad[3] == (kw - 1) * dw and wd_ == ow:
         # dx rows as long as dy rows: the forward's same-width kernel on dy with the flipped kernel
         wt = w.reshape(g, mg, cg, kh * kw).transpose(0, 2, 1, 3).reshape(g * cg, mg * kh * kw)
