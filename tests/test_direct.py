@@ -8,7 +8,8 @@ the direct kernels choose by shape, each small enough to check against tests/ref
   reach, where every pixel is a border pixel;
 * unpadded stride-1 forward reading the input in place (lenet1-like, junk columns);
 * padded polyphase scratch planes for strides > 1, dilation and asymmetric padding (stem-like),
-  and backward_data by output phase (including phases no tap reaches);
+  and backward_data by output phase (including phases no tap reaches) or, with >= 8 output
+  channels per group, by kn2row (a reduction over the dy planes, then each tap scatter-added);
 * backward_filter's junk columns, which must not turn a NaN / Inf of the input that no tap
   reaches into a NaN of ``dw``;
 * bit-identical results for 1 and 2 threads.
@@ -44,6 +45,11 @@ CASES = {
     "rows_of_their_own_strided": ((2, 3, 5, 70), (4, 3, 3, 3), dict(stride=(1, 2), pad=1)),  # OW = 35 >= 32
     "rows_of_their_own_unpadded": ((2, 1, 6, 40), (3, 1, 3, 5), dict()),  # OW = 36, runs read x in place
     "rows_of_their_own_dw_stride2": ((1, 2, 5, 67), (2, 1, 3, 3), dict(stride=2, pad=1, groups=2)),
+    # backward_data by kn2row (>= 8 output channels per group): strides, dilation, asymmetric padding
+    "kn2row_lenet": ((2, 1, 12, 11), (10, 1, 5, 5), dict()),
+    "kn2row_stride2": ((2, 3, 13, 12), (8, 3, 5, 5), dict(stride=2, pad=2)),
+    "kn2row_grouped_dilated": ((2, 4, 9, 10), (16, 2, 3, 3), dict(pad=((1, 0), (2, 1)), dilation=2, groups=2)),
+    "kn2row_stride3_wide": ((1, 2, 7, 40), (9, 2, 2, 3), dict(stride=(3, 1), pad=(0, 1))),
     "empty_batch": ((0, 4, 7, 9), (4, 1, 3, 3), dict(pad=1, groups=4)),
 }
 
@@ -123,7 +129,7 @@ def test_backward_filter_junk_columns_never_touch_nonfinite_input(value, where):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-@pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2"])
+@pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2", "kn2row_stride2"])
 def test_direct_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     xs = (9,) + xs[1:]  # more images than _NBLOCKS: backward_filter's image blocks hold several
