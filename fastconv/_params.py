@@ -96,17 +96,16 @@ def out_size(length: int, k: int, s: int, d: int, before: int, after: int, ceil_
 
     ``floor_or_ceil((length + before + after - d*(k-1) - 1) / s) + 1``; with ``ceil_mode``
     the last window must start inside the input or the leading padding.  Returns a
-    value <= 0 when no window fits.
+    value <= 0 when no window fits.  As in PyTorch, ``ceil_mode`` rounds a negative span
+    (a window up to ``s - 1`` longer than the padded input) up to one output.
     """
     span = length + before + after - d * (k - 1) - 1
-    if span < 0:
-        return 0
     if not ceil_mode:
-        return span // s + 1
+        return span // s + 1 if span >= 0 else 0
     o = -(-span // s) + 1
-    if (o - 1) * s >= length + before:
+    if o > 0 and (o - 1) * s >= length + before:
         o -= 1
-    return o
+    return max(o, 0)
 
 
 def transposed_out_size(length: int, k: int, s: int, d: int, before: int, after: int, output_pad: int) -> int:

@@ -108,6 +108,48 @@ def test_empty_batch():
     assert da.shape == (0, 3, 5, 6)
 
 
+# --------------------------------------------------------------------------- ceil_mode: window larger than the input
+
+# PyTorch's ceil_mode rule sizes the output as ceil(span / s) + 1 even when the window is longer than the padded
+# input (span < 0): one window starting at the top/left, overhanging the input by at most stride - 1.
+# (H, W), size, stride, pad, max-pool dilation -> torch's (OH, OW) for max_pool2d and avg_pool2d with ceil_mode=True
+CEIL_OVERHANG = [
+    ((9, 1), (4, 2), 3, 0, 1, (3, 1), (3, 1)),
+    ((2, 9), (3, 4), (2, 3), (0, 2), 1, (1, 4), (1, 4)),
+    ((2, 3), 3, 2, 1, (2, 1), (1, 2), (2, 2)),
+    ((3, 7), 3, 3, (0, 1), 2, (1, 3), (1, 3)),
+    ((1, 1), 2, 2, 1, 1, (1, 1), (1, 1)),
+    ((1, 5), (2, 3), (3, 4), (1, 1), 1, (1, 2), (1, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("hw, size, stride, pad, dilation, max_hw, avg_hw", CEIL_OVERHANG)
+def test_ceil_mode_window_longer_than_the_input(hw, size, stride, pad, dilation, max_hw, avg_hw, dtype):
+    rng = np.random.default_rng(8)
+    x = uniform(rng, (2, 3, *hw), dtype)
+    args = dict(stride=stride, pad=pad, ceil_mode=True)
+    y, idx = fastconv.max_pool2d(x, size, dilation=dilation, **args, return_indices=True)
+    ry, ridx = ref.max_pool2d(x, size, dilation=dilation, **args, return_indices=True)
+    assert y.shape[2:] == ry.shape[2:] == max_hw
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(idx, ridx)
+    dy = uniform(rng, y.shape, dtype)
+    kh, kw = (size, size) if isinstance(size, int) else size
+    assert_close(fastconv.max_pool2d_backward(dy, x, size, dilation=dilation, **args),
+                 ref.max_pool2d_backward(dy, x, size, dilation=dilation, **args), dtype, kh * kw)
+    dy = uniform(rng, (2, 3, *avg_hw), dtype)
+    for cip in (True, False):
+        a = fastconv.avg_pool2d(x, size, **args, count_include_pad=cip)
+        assert a.shape[2:] == avg_hw
+        assert_close(a, ref.avg_pool2d(x, size, **args, count_include_pad=cip), dtype, kh * kw + 1)
+        assert_close(fastconv.avg_pool2d_backward(dy, x, size, **args, count_include_pad=cip),
+                     ref.avg_pool2d_backward(dy, x, size, **args, count_include_pad=cip), dtype, 2 * kh * kw)
+    # N = 0 too: an empty result of that shape
+    assert fastconv.max_pool2d(x[:0], size, dilation=dilation, **args).shape == (0, 3, *max_hw)
+    assert fastconv.avg_pool2d(x[:0], size, **args).shape == (0, 3, *avg_hw)
+
+
 # --------------------------------------------------------------------------- max-pool semantics
 
 
