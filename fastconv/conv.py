@@ -28,6 +28,7 @@ from ._params import (
     window_out_hw,
 )
 from .kernels import _nonfinite
+from .kernels.bias import add_bias, bias_grad
 from .kernels.common import crop_nchw, pad_nchw
 from .kernels.im2col import col2im_kernel, im2col_kernel
 
@@ -44,6 +45,15 @@ def _bias(bias: Any, m: int) -> np.ndarray | None:
     b = as_array("bias", bias, 1, "(M,)")
     check_shape("bias", b, (m,), "one value per output channel M")
     return b
+
+
+def _add_bias(y: np.ndarray, b: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``y + b`` per output channel, in place: in parallel (kernels/bias.py) for the strategies' C-contiguous output."""
+    bc = np.ascontiguousarray(b, dtype=dtype)
+    if y.dtype == dtype and y.flags.c_contiguous and y.flags.writeable:
+        return add_bias(y, bc)
+    y += bc[None, :, None, None]
+    return y
 
 
 def _exact_if_nonfinite(strat, w: np.ndarray):
@@ -99,9 +109,7 @@ def conv2d(
     strat = resolve(strategy, "conv2d", xa.shape, wa.shape, geom, dtype)
     wc = prepare(wa, dtype)
     y = _exact_if_nonfinite(strat, wc).forward(prepare(xa, dtype), wc, geom, out_shape[2:])
-    if b is not None:
-        y += b.astype(dtype)[None, :, None, None]
-    return y
+    return y if b is None else _add_bias(y, b, dtype)
 
 
 @_quiet
@@ -131,7 +139,7 @@ def conv2d_backward(
     strat = _exact_if_nonfinite(strat, wc)
     dx = strat.backward_data(dyc, wc, geom, xa.shape[2:])
     dw = strat.backward_filter(dyc, xc, geom, wa.shape[2:])
-    return dx, dw, dyc.sum(axis=(0, 2, 3))
+    return dx, dw, bias_grad(dyc)
 
 
 @_quiet
@@ -169,9 +177,7 @@ def conv_transpose2d(
     strat = resolve(strategy, "conv_transpose2d", xa.shape, wa.shape, geom, dtype)
     wc = prepare(wa, dtype)
     y = _exact_if_nonfinite(strat, wc).backward_data(prepare(xa, dtype), wc, geom, out_shape[2:])
-    if b is not None:
-        y += b.astype(dtype)[None, :, None, None]
-    return y
+    return y if b is None else _add_bias(y, b, dtype)
 
 
 @_quiet
@@ -200,7 +206,7 @@ def conv_transpose2d_backward(
     # conv_transpose2d is conv2d's backward_data, so its gradients are conv2d's other two primitives.
     dx = strat.forward(dyc, wc, geom, xa.shape[2:])
     dw = strat.backward_filter(xc, dyc, geom, wa.shape[2:])
-    return dx, dw, dyc.sum(axis=(0, 2, 3))
+    return dx, dw, bias_grad(dyc)
 
 
 def _im2col_geometry(x_shape, size, stride, pad, dilation):
