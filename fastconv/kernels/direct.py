@@ -9,21 +9,32 @@ buffer and the output, laid out with the buffer's row length, is a long contiguo
     acc[j] = sum_t  w_t * s[off_t + j]          (j = oh * wq + ow; columns ow >= OW are junk)
 
 The sum runs over the taps eight at a time (:func:`_accumulate`: one load of ``acc``,
-eight shifted loads of ``s``, eight FMAs and one store per vector), then the valid
-columns are copied out.  No padded copy of the whole input is made, and every output
+eight shifted loads of ``s``, eight FMAs and one store per vector; nine for a 3x3
+kernel), then the valid columns are copied out.  With four or more output channels per
+group, :func:`_pass4` accumulates four of them at once (their rows lie a compile-time
+constant ``_ROW`` apart, which lets LLVM vectorise the four streams), so each shifted
+load feeds four FMAs.  No padded copy of the whole input is made, and every output
 element is written exactly once by one task.
 
-* forward: one task per (image, group, part of the group's output channels).
-* backward_data: the same with the roles swapped (scratch = the zero-padded ``dy``
-  planes of the group, taps = the flipped kernel); for strides > 1 one tap list per
-  output phase ``(ih % sh, iw % sw)``, whose results are interleaved into ``dx``.
+* forward: one task per (image, group, part of the group's output channels).  Stride 1
+  with output rows as long as the input rows (depthwise 3x3 "same") runs straight from
+  the input planes into the output (:func:`_same_width_kernel`; border rows and columns
+  recomputed exactly); stride 1 without padding reads the input planes in place.
+* backward_data: with >= 8 output channels per group, kn2row (:func:`_kn2row_kernel`):
+  ``Z[tap] = sum over dy planes`` (four taps x eight planes per pass), each tap's ``Z``
+  scatter-added where it lands in ``dx``.  Otherwise the forward's kernels with the roles
+  swapped (scratch = the zero-padded ``dy`` planes, taps = the flipped kernel); for
+  strides > 1 one tap list per output phase ``(ih % sh, iw % sw)``, interleaved into ``dx``.
 * backward_filter: per tap, a dot product of the ``dy`` plane (in the scratch's row
-  length, junk columns zero) with the shifted scratch (:func:`_dots`); one task per
-  (block of images, group, part of the output channels) writes its own partial sums,
-  which are then added in a fixed order, so results are bit-identical for any thread
-  count.
+  length, junk columns zero) with the shifted scratch (:func:`_dots`, :func:`_dots4`:
+  four output channels x four taps); one task per (block of images, group, part of the
+  output channels) writes its own partial sums, which are then added in a fixed order,
+  so results are bit-identical for any thread count.  Junk columns multiply zeros by
+  pixels no tap reaches; when the input plane holds NaN or +-Inf the dots run row by row
+  over the valid columns instead, so a non-finite pixel only reaches the taps it should.
 
-The task split never depends on the thread count.
+The task split never depends on the thread count.  Kernels run numba's static schedule
+(see :func:`_run`).
 """
 
 from __future__ import annotations
