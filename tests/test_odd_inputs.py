@@ -11,7 +11,8 @@
   cross-checked against torch itself (CPU, float64 and float32).
 * Layouts not in tests/test_layouts_dtypes.py: channels-last views (``x_nhwc.transpose(0, 3, 1, 2)``),
   zero-stride broadcast arrays (``np.broadcast_to``) and batch/channel slices with steps: bit-identical
-  to the C-contiguous copy.
+  to the C-contiguous copy; and every odd geometry above with all its arguments Fortran-ordered,
+  negative-strided, read-only, channels-last or nested lists at once.
 
 Strided, Fortran-order, negative-stride, read-only, unaligned, byte-swapped and list inputs are
 covered by tests/test_layouts_dtypes.py (bit-identical to the contiguous copy, every op and strategy).
@@ -442,3 +443,33 @@ def test_more_layouts_are_bit_identical_to_contiguous(family, case, op, strat, l
         for g, e in zip(got, expected, strict=True):
             assert g.dtype == e.dtype and g.shape == e.shape
             assert g.tobytes() == e.tobytes(), f"{op} {strat}: {name} as {layout}"
+
+
+def _negative(a):
+    rev = (slice(None, None, -1),) * a.ndim
+    return np.ascontiguousarray(a[rev])[rev]
+
+
+def _readonly(a):
+    c = a.copy()
+    c.flags.writeable = False
+    return c
+
+
+ODD_LAYOUTS = {"fortran": np.asfortranarray, "negative_strides": _negative, "read_only": _readonly,
+               "channels_last": _channels_last, "list": lambda a: a.tolist()}
+
+
+@pytest.mark.parametrize("family, case, op, strat", _params())
+def test_odd_geometries_in_odd_layouts(family, case, op, strat):
+    """Every argument in one odd layout at once, on every odd geometry: bit-identical to the contiguous call."""
+    o = _op(family, case, op)
+    base = _inputs(o, np.float64, seed=5)  # float64: a nested list keeps the values and the dtype
+    expected = _tuple(o.fast(base, strat))
+    for layout, f in ODD_LAYOUTS.items():
+        if layout == "list" and any(v.size == 0 for v in base.values()):
+            continue  # an empty nested list has no shape beyond its first empty axis
+        got = _tuple(o.fast({n: f(v) for n, v in base.items()}, strat))
+        for g, e in zip(got, expected, strict=True):
+            assert g.dtype == e.dtype and g.shape == e.shape, f"{op} {case} {strat} {layout}"
+            assert g.tobytes() == e.tobytes(), f"{op} {case} {strat} {layout}"
