@@ -210,3 +210,24 @@ def test_forked_children_compute_the_parents_results(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
     assert "mismatches []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def test_concurrent_autotune_agrees_with_its_cached_choice(tmp_path, monkeypatch):
+    """8 threads asking strategy="autotune" for the same new problem at once: one measurement (under the cache's
+    lock), every thread gets the result of the strategy the cache then holds."""
+    from fastconv import _dispatch
+
+    monkeypatch.setenv(_dispatch.CACHE_ENV, str(tmp_path))
+    _dispatch.clear_autotune_cache()
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, (2, 6, 15, 14)).astype(np.float32)
+    w = rng.uniform(-1, 1, (7, 6, 3, 3)).astype(np.float32)
+    try:
+        with cf.ThreadPoolExecutor(THREADS) as ex:
+            outs = list(ex.map(lambda _: fastconv.conv2d(x, w, pad=1, strategy="autotune").tobytes(), range(THREADS)))
+        entries = dict(_dispatch._memory)
+    finally:
+        _dispatch.clear_autotune_cache()
+    assert len(entries) == 1, entries
+    (chosen,) = entries.values()
+    assert set(outs) == {fastconv.conv2d(x, w, pad=1, strategy=chosen).tobytes()}
