@@ -1,8 +1,8 @@
 """Property tests of the convolution ops and im2col / col2im against tests/reference.py.
 
 Every conv op runs under every registered strategy (``fastconv.STRATEGIES``); shapes are tiny
-and drawn by hypothesis (see conftest.conv_cases).  Also: float64 numerical gradients and the
-adjoint identities.
+and drawn by hypothesis (see conftest.conv_cases), and so is the memory layout of each array
+argument.  Also: float64 numerical gradients and the adjoint identities.
 """
 
 from __future__ import annotations
@@ -24,46 +24,77 @@ def _inputs(case):
     return rng, uniform(rng, case["x_shape"], case["dtype"]), uniform(rng, case["w_shape"], case["dtype"])
 
 
-@given(case=conv_cases(), with_bias=st.booleans())
-def test_conv2d_matches_reference(strategy, case, with_bias):
+def _strided(a):
+    big = np.zeros(tuple(2 * v for v in a.shape), a.dtype)
+    view = big[tuple(slice(None, None, 2) for _ in a.shape)]
+    view[...] = a
+    return view
+
+
+def _negative(a):
+    rev = (slice(None, None, -1),) * a.ndim
+    return np.ascontiguousarray(a[rev])[rev]
+
+
+def _readonly(a):
+    c = a.copy()
+    c.flags.writeable = False
+    return c
+
+
+#: Memory layouts drawn by the property tests: each array argument of a call gets one (same values).
+LAYOUTS = {"C": lambda a: a, "fortran": np.asfortranarray, "strided_view": _strided, "negative_strides": _negative,
+           "read_only": _readonly}
+layouts = st.sampled_from(sorted(LAYOUTS))
+
+
+def _laid_out(kinds, *arrays):
+    out = tuple(LAYOUTS[k](a) for k, a in zip(kinds, arrays, strict=True))
+    for a, b in zip(out, arrays, strict=True):
+        assert np.array_equal(a, b)
+    return out
+
+
+@given(case=conv_cases(), with_bias=st.booleans(), lay=st.tuples(layouts, layouts))
+def test_conv2d_matches_reference(strategy, case, with_bias, lay):
     rng, x, w = _inputs(case)
     kw = conv_kwargs(case)
     bias = uniform(rng, (case["w_shape"][0],), case["dtype"]) if with_bias else None
-    y = fastconv.conv2d(x, w, **kw, bias=bias, strategy=strategy)
+    y = fastconv.conv2d(*_laid_out(lay, x, w), **kw, bias=bias, strategy=strategy)
     expected = ref.conv2d(x, w, **kw, bias=bias)
     assert_close(y, expected, case["dtype"], reduction_size(case, expected.shape) + 1, what="y")
 
 
-@given(case=conv_cases())
-def test_conv2d_backward_matches_reference(strategy, case):
+@given(case=conv_cases(), lay=st.tuples(layouts, layouts, layouts))
+def test_conv2d_backward_matches_reference(strategy, case, lay):
     rng, x, w = _inputs(case)
     kw = conv_kwargs(case)
     out_shape = ref.conv2d(x, w, **kw).shape
     dy = uniform(rng, out_shape, case["dtype"])
-    grads = fastconv.conv2d_backward(dy, x, w, **kw, strategy=strategy)
+    grads = fastconv.conv2d_backward(*_laid_out(lay, dy, x, w), **kw, strategy=strategy)
     assert isinstance(grads, tuple) and len(grads) == 3
     k = reduction_size(case, out_shape)
     for name, got, expected in zip(("dx", "dw", "db"), grads, ref.conv2d_backward(dy, x, w, **kw), strict=True):
         assert_close(got, expected, case["dtype"], k, what=name)
 
 
-@given(case=conv_cases(transposed=True), with_bias=st.booleans())
-def test_conv_transpose2d_matches_reference(strategy, case, with_bias):
+@given(case=conv_cases(transposed=True), with_bias=st.booleans(), lay=st.tuples(layouts, layouts))
+def test_conv_transpose2d_matches_reference(strategy, case, with_bias, lay):
     rng, x, w = _inputs(case)
     kw = conv_kwargs(case)
     bias = uniform(rng, (case["w_shape"][1] * case["groups"],), case["dtype"]) if with_bias else None
-    y = fastconv.conv_transpose2d(x, w, **kw, bias=bias, strategy=strategy)
+    y = fastconv.conv_transpose2d(*_laid_out(lay, x, w), **kw, bias=bias, strategy=strategy)
     expected = ref.conv_transpose2d(x, w, **kw, bias=bias)
     assert_close(y, expected, case["dtype"], reduction_size(case, expected.shape) + 1, what="y")
 
 
-@given(case=conv_cases(transposed=True))
-def test_conv_transpose2d_backward_matches_reference(strategy, case):
+@given(case=conv_cases(transposed=True), lay=st.tuples(layouts, layouts, layouts))
+def test_conv_transpose2d_backward_matches_reference(strategy, case, lay):
     rng, x, w = _inputs(case)
     kw = conv_kwargs(case)
     out_shape = ref.conv_transpose2d(x, w, **kw).shape
     dy = uniform(rng, out_shape, case["dtype"])
-    grads = fastconv.conv_transpose2d_backward(dy, x, w, **kw, strategy=strategy)
+    grads = fastconv.conv_transpose2d_backward(*_laid_out(lay, dy, x, w), **kw, strategy=strategy)
     assert isinstance(grads, tuple) and len(grads) == 3
     k = reduction_size(case, out_shape)
     expected = ref.conv_transpose2d_backward(dy, x, w, **kw)
