@@ -663,14 +663,18 @@ def _kn2row_kernel(dy, wz, sh, sw, dh, dw, pt, pl, groups, kw_, h_, w_, nparts):
     scatter-add of each tap's ``Z[t]`` into ``dx`` at the pixels that tap really reaches.
 
     ``wz[g, cl, t, mm] = w[g*mg + mm, cl, t]``.  One task per (image, group, part of its input channels);
-    the task zeroes its ``dx`` planes and adds into them in a fixed order.
+    the task zeroes its ``dx`` planes and adds into them in a fixed order.  At stride 1 the dy planes are
+    first copied with dx's row length (junk columns zero, so ``Z``'s are zero too): a tap whose columns all
+    land inside dx then scatter-adds as one run over whole rows (the junk lands, as zeros, on the next row).
     """
     n_, m_, oh_, ow_ = dy.shape
     cg, kk, mg = wz.shape[1], wz.shape[2], wz.shape[3]
     c_ = cg * groups
-    p_ = oh_ * ow_
-    rows = max(1, min(oh_, _RUN // ow_))
-    offs = np.arange(mg) * p_
+    flat = sh == 1 and sw == 1 and w_ > ow_
+    ws = w_ if flat else ow_  # row length of the dy planes the passes read, and of Z
+    ps = oh_ * ws
+    rows = max(1, min(oh_, _RUN // ws))
+    offs = np.arange(mg) * ps
     mg8 = mg - mg % 8
     cpp = (cg + nparts - 1) // nparts
     dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
@@ -682,18 +686,27 @@ def _kn2row_kernel(dy, wz, sh, sw, dh, dw, pt, pl, groups, kw_, h_, w_, nparts):
         c0 = part * cpp
         c1 = min(c0 + cpp, cg)
         if c0 < c1:
-            src = dy[n].reshape(m_ * p_)[g * mg * p_:]
+            if flat:
+                src = np.zeros(mg * ps, dtype=dy.dtype)
+                for mm in range(mg):
+                    for i in range(oh_):
+                        sr = dy[n, g * mg + mm, i]
+                        dr = src[mm * ps + i * ws:]
+                        for q in range(ow_):
+                            dr[q] = sr[q]
+            else:
+                src = dy[n].reshape(m_ * ps)[g * mg * ps:]
             z = np.empty(_MB * _ROW, dtype=dy.dtype)
             for cl in range(c0, c1):
                 plane = dx[n, g * cg + cl]
-                for i in range(h_):
-                    for q in range(w_):
-                        plane[i, q] = 0
+                pflat = plane.reshape(h_ * w_)
+                for i in range(h_ * w_):
+                    pflat[i] = 0
                 wc = wz[g, cl]
                 for r0 in range(0, oh_, rows):
                     nr = min(rows, oh_ - r0)
-                    nj = nr * ow_
-                    s0 = src[r0 * ow_:]
+                    nj = (nr - 1) * ws + ow_
+                    s0 = src[r0 * ws:]
                     for t0 in range(0, kk, _MB):
                         tb = min(_MB, kk - t0)
                         if tb == _MB and mg8 > 0:
@@ -714,11 +727,21 @@ def _kn2row_kernel(dy, wz, sh, sw, dh, dw, pt, pl, groups, kw_, h_, w_, nparts):
                             last = w_ - 1 - coff
                             hi = min(ow_, last // sw + 1) if last >= 0 else 0
                             zk = z[k * _ROW:]
+                            roff = r0 * sh + ki * dh - pt  # dx row of this chunk's first dy row
+                            if flat and lo == 0 and hi == ow_:
+                                ilo = min(nr, max(0, -roff))
+                                ihi = max(ilo, min(nr, h_ - roff))
+                                if ihi > ilo:
+                                    d = pflat[(roff + ilo) * w_ + coff:]
+                                    zz = zk[ilo * ws:]
+                                    for q in range((ihi - ilo - 1) * ws + ow_):
+                                        d[q] += zz[q]
+                                continue
                             for i in range(nr):
-                                ih = (r0 + i) * sh + ki * dh - pt
+                                ih = roff + i * sh
                                 if 0 <= ih < h_ and lo < hi:
                                     drow = plane[ih]
-                                    zr = zk[i * ow_:]
+                                    zr = zk[i * ws:]
                                     if sw == 1:
                                         d = drow[lo + coff:]
                                         zz = zr[lo:]
