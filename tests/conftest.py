@@ -209,11 +209,12 @@ def pool_cases(draw, dilated: bool = True, dtypes=(np.float64, np.float32)):
     dilation, (dh, dw) = _int_or_pair(draw, 1, 2) if dilated else (1, (1, 1))
     ceil_mode = draw(st.booleans())
     n, c = draw(st.integers(0, 2)), draw(st.integers(1, 3))
-    h = max(1, dh * (kh - 1) + 1 - 2 * ph) + draw(st.integers(0, 4))
-    w = max(1, dw * (kw - 1) + 1 - 2 * pw) + draw(st.integers(0, 4))
+    sh, sw = (kh, kw) if stride_arg is None else (stride_arg, stride_arg) if isinstance(stride_arg, int) else stride_arg
+    # ceil_mode also accepts a window up to stride - 1 longer than the padded input (PyTorch's rule)
+    h = max(1, dh * (kh - 1) + 1 - 2 * ph - (sh - 1 if ceil_mode else 0)) + draw(st.integers(0, 4))
+    w = max(1, dw * (kw - 1) + 1 - 2 * pw - (sw - 1 if ceil_mode else 0)) + draw(st.integers(0, 4))
     # fastconv rejects dilated max-pool windows lying entirely in the padding (PyTorch returns -inf
     # with an index outside the plane there); tests/test_errors.py covers that error.
-    sh, sw = (kh, kw) if stride_arg is None else (stride_arg, stride_arg) if isinstance(stride_arg, int) else stride_arg
     for length, k, s, p, d in ((h, kh, sh, ph, dh), (w, kw, sw, pw, dw)):
         span = length + 2 * p - d * (k - 1) - 1
         n_out = (-(-span // s) if ceil_mode else span // s) + 1
