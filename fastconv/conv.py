@@ -27,6 +27,7 @@ from ._params import (
     transposed_geometry,
     window_out_hw,
 )
+from ._small import serial_if_small
 from .kernels import _nonfinite
 from .kernels.bias import add_bias, bias_grad
 from .kernels.common import crop_nchw, pad_nchw
@@ -54,6 +55,11 @@ def _add_bias(y: np.ndarray, b: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return add_bias(y, bc)
     y += bc[None, :, None, None]
     return y
+
+
+def _macs(out_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of a convolution producing ``out_shape`` (of the direct loop over ``w_shape[1:]``)."""
+    return int(np.prod(out_shape, dtype=np.int64)) * w_shape[1] * w_shape[2] * w_shape[3]
 
 
 def _exact_if_nonfinite(strat, w: np.ndarray):
@@ -108,8 +114,9 @@ def conv2d(
     dtype = compute_dtype(xa, wa, b)
     strat = resolve(strategy, "conv2d", xa.shape, wa.shape, geom, dtype)
     wc = prepare(wa, dtype)
-    y = _exact_if_nonfinite(strat, wc).forward(prepare(xa, dtype), wc, geom, out_shape[2:])
-    return y if b is None else _add_bias(y, b, dtype)
+    with serial_if_small(_macs(out_shape, wa.shape), "macs"):
+        y = _exact_if_nonfinite(strat, wc).forward(prepare(xa, dtype), wc, geom, out_shape[2:])
+        return y if b is None else _add_bias(y, b, dtype)
 
 
 @_quiet
@@ -137,9 +144,10 @@ def conv2d_backward(
     strat = resolve(strategy, "conv2d_backward", xa.shape, wa.shape, geom, dtype)
     dyc, xc, wc = prepare(dya, dtype), prepare(xa, dtype), prepare(wa, dtype)
     strat = _exact_if_nonfinite(strat, wc)
-    dx = strat.backward_data(dyc, wc, geom, xa.shape[2:])
-    dw = strat.backward_filter(dyc, xc, geom, wa.shape[2:])
-    return dx, dw, bias_grad(dyc)
+    with serial_if_small(2 * _macs(out_shape, wa.shape), "macs"):
+        dx = strat.backward_data(dyc, wc, geom, xa.shape[2:])
+        dw = strat.backward_filter(dyc, xc, geom, wa.shape[2:])
+        return dx, dw, bias_grad(dyc)
 
 
 @_quiet
@@ -176,8 +184,9 @@ def conv_transpose2d(
     dtype = compute_dtype(xa, wa, b)
     strat = resolve(strategy, "conv_transpose2d", xa.shape, wa.shape, geom, dtype)
     wc = prepare(wa, dtype)
-    y = _exact_if_nonfinite(strat, wc).backward_data(prepare(xa, dtype), wc, geom, out_shape[2:])
-    return y if b is None else _add_bias(y, b, dtype)
+    with serial_if_small(_macs(xa.shape, wa.shape), "macs"):
+        y = _exact_if_nonfinite(strat, wc).backward_data(prepare(xa, dtype), wc, geom, out_shape[2:])
+        return y if b is None else _add_bias(y, b, dtype)
 
 
 @_quiet
@@ -204,9 +213,10 @@ def conv_transpose2d_backward(
     dyc, xc, wc = prepare(dya, dtype), prepare(xa, dtype), prepare(wa, dtype)
     strat = _exact_if_nonfinite(strat, wc)
     # conv_transpose2d is conv2d's backward_data, so its gradients are conv2d's other two primitives.
-    dx = strat.forward(dyc, wc, geom, xa.shape[2:])
-    dw = strat.backward_filter(xc, dyc, geom, wa.shape[2:])
-    return dx, dw, bias_grad(dyc)
+    with serial_if_small(2 * _macs(xa.shape, wa.shape), "macs"):
+        dx = strat.forward(dyc, wc, geom, xa.shape[2:])
+        dw = strat.backward_filter(xc, dyc, geom, wa.shape[2:])
+        return dx, dw, bias_grad(dyc)
 
 
 def _im2col_geometry(x_shape, size, stride, pad, dilation):
@@ -232,8 +242,9 @@ def im2col(
     n, c = xa.shape[:2]
     check_array_size("cols", (n * oh * ow, c * kh * kw), f"size={size!r}, pad={pad!r} with x of shape {xa.shape}")
     dtype = compute_dtype(xa)
-    xp = pad_nchw(prepare(xa, dtype), pads)
-    return im2col_kernel(xp, kh, kw, sh, sw, dh, dw, oh, ow)
+    with serial_if_small(n * oh * ow * c * kh * kw, "elements"):
+        xp = pad_nchw(prepare(xa, dtype), pads)
+        return im2col_kernel(xp, kh, kw, sh, sw, dh, dw, oh, ow)
 
 
 def col2im(
@@ -252,5 +263,6 @@ def col2im(
     check_shape("cols", ca, (n * oh * ow, c * kh * kw), f"im2col's output for x_shape={shape}")
     dtype = compute_dtype(ca)
     pt, pb, pl, pr = pads
-    xp = col2im_kernel(prepare(ca, dtype), n, c, h + pt + pb, wd + pl + pr, kh, kw, sh, sw, dh, dw, oh, ow)
+    with serial_if_small(ca.size, "elements"):
+        xp = col2im_kernel(prepare(ca, dtype), n, c, h + pt + pb, wd + pl + pr, kh, kw, sh, sw, dh, dw, oh, ow)
     return crop_nchw(xp, pads, (h, wd))

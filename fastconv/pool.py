@@ -24,6 +24,7 @@ from ._params import (
     prepare,
     shape_of,
 )
+from ._small import serial_if_small
 from .kernels.pool import (
     avg_divisors,
     avg_pool_backward,
@@ -96,6 +97,12 @@ def _max_setup(x_shape, size, stride, pad, dilation, ceil_mode) -> PoolGeometry:
     return geom
 
 
+def _work(x_shape: tuple[int, ...], geom: PoolGeometry) -> int:
+    """A pool's work for :func:`serial_if_small`: input elements or window-tap visits, whichever is more."""
+    n, c, h, w = x_shape
+    return n * c * max(h * w, geom.out_hw[0] * geom.out_hw[1] * geom.size[0] * geom.size[1])
+
+
 def _out_shape(x_shape: tuple[int, ...], geom: PoolGeometry) -> tuple[int, int, int, int]:
     return (x_shape[0], x_shape[1], geom.out_hw[0], geom.out_hw[1])
 
@@ -150,7 +157,8 @@ def max_pool2d(
     geom = _max_setup(xa.shape, size, stride, pad, dilation, ceil_mode)
     want_idx = _check_bool("return_indices", return_indices)
     dtype = compute_dtype(xa)
-    y, idx = max_pool_forward(prepare(xa, dtype), geom, want_idx)
+    with serial_if_small(_work(xa.shape, geom), "elements"):
+        y, idx = max_pool_forward(prepare(xa, dtype), geom, want_idx)
     return (y, idx) if want_idx else y
 
 
@@ -212,7 +220,9 @@ def max_pool2d_backward(
     check_shape("dy", dya, out_shape, "the shape of max_pool2d's output")
     dtype = compute_dtype(dya, xa)
     if indices is not None:
-        dx = max_pool_backward_indices(prepare(dya, dtype), _indices(indices, out_shape), (x_shape[2], x_shape[3]))
+        with serial_if_small(_work(x_shape, geom), "elements"):
+            dx = max_pool_backward_indices(prepare(dya, dtype), _indices(indices, out_shape),
+                                           (x_shape[2], x_shape[3]))
         if dx is None:
             raise _bad_indices(indices, x_shape[2] * x_shape[3])
         return dx
@@ -221,7 +231,8 @@ def max_pool2d_backward(
             f"x must be the input array (not only its shape {x_shape}) when indices is None: "
             "the argmax is recomputed from it"
         )
-    return max_pool_backward(prepare(dya, dtype), prepare(xa, dtype), geom)
+    with serial_if_small(_work(x_shape, geom), "elements"):
+        return max_pool_backward(prepare(dya, dtype), prepare(xa, dtype), geom)
 
 
 def _avg_setup(x_shape, size, stride, pad, ceil_mode, count_include_pad, divisor_override, dtype):
@@ -284,7 +295,8 @@ def avg_pool2d(
     dtype = compute_dtype(xa)
     geom, div_h, div_w = _avg_setup(xa.shape, size, stride, pad, ceil_mode, count_include_pad, divisor_override,
                                     dtype)
-    return avg_pool_forward(prepare(xa, dtype), geom, div_h, div_w)
+    with serial_if_small(_work(xa.shape, geom), "elements"):
+        return avg_pool_forward(prepare(xa, dtype), geom, div_h, div_w)
 
 
 def avg_pool2d_backward(
@@ -321,4 +333,5 @@ def avg_pool2d_backward(
     geom, div_h, div_w = _avg_setup(x_shape, size, stride, pad, ceil_mode, count_include_pad, divisor_override,
                                     dtype)
     check_shape("dy", dya, _out_shape(x_shape, geom), "the shape of avg_pool2d's output")
-    return avg_pool_backward(prepare(dya, dtype), (x_shape[2], x_shape[3]), geom, div_h, div_w)
+    with serial_if_small(_work(x_shape, geom), "elements"):
+        return avg_pool_backward(prepare(dya, dtype), (x_shape[2], x_shape[3]), geom, div_h, div_w)

@@ -12,8 +12,18 @@ import pytest
 from conftest import distinct, uniform
 
 import fastconv
+from fastconv import _small
 
 pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+
+
+
+@pytest.fixture(autouse=True)
+def parallel_even_when_small(monkeypatch):
+    """Small calls normally run on one thread (fastconv/_small.py): off here, so 2 threads really run in parallel."""
+    monkeypatch.setattr(_small, "SERIAL_MACS", 0)
+    monkeypatch.setattr(_small, "SERIAL_ELEMENTS", 0)
+
 
 CONV = dict(stride=(1, 2), pad=((1, 2), (0, 1)), dilation=(2, 1), groups=2)
 CONVT = dict(stride=(2, 1), pad=1, output_pad=(1, 0), dilation=1, groups=2)
@@ -66,6 +76,24 @@ def test_pool_and_im2col_ops(dtype, restore_threads):
     _assert_thread_independent(lambda: fastconv.avg_pool2d_backward(da, x, **avg))
     _assert_thread_independent(lambda: fastconv.im2col(x, 3, 2, 1))
     _assert_thread_independent(lambda: fastconv.col2im(cols, x.shape, 3, 2, 1))
+
+
+def test_small_calls_serial_path_same_bits_and_restores_threads(monkeypatch, restore_threads):
+    rng = np.random.default_rng(16)
+    x = uniform(rng, (3, 4, 11, 9), np.float32)
+    w = uniform(rng, (10, 2, 3, 2), np.float32)
+    dy = uniform(rng, fastconv.conv2d(x, w, **CONV).shape, np.float32)
+    fastconv.set_num_threads(2)
+    parallel = fastconv.conv2d_backward(dy, x, w, **CONV) + (fastconv.max_pool2d(x, 2),)
+    monkeypatch.setattr(_small, "SERIAL_MACS", 1 << 23)
+    monkeypatch.setattr(_small, "SERIAL_ELEMENTS", 1 << 19)
+    serial = fastconv.conv2d_backward(dy, x, w, **CONV) + (fastconv.max_pool2d(x, 2),)
+    assert [a.tobytes() for a in serial] == [a.tobytes() for a in parallel]
+    assert fastconv.get_num_threads() == 2
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True)
+    with pytest.raises(ValueError, match="indices"):
+        fastconv.max_pool2d_backward(y, x.shape, 2, indices=idx + 10**6)  # out of range: the kernel refuses them
+    assert fastconv.get_num_threads() == 2
 
 
 def test_thread_count_round_trip(restore_threads):
