@@ -21,6 +21,14 @@ How the thresholds were chosen (2 cores shared with other jobs, 2 threads, media
   1.8 -> 3.4 ms, a (32, 16, 8, 8) max-pool 25 -> 38 us).
 * Every layer of the benchmark suite (issue 4; smallest: lenet1 with 18M multiply-adds,
   max2_lenet with 737K elements) stays above the thresholds: large layers are unaffected.
+
+The defaults favour an idle multicore machine, fastconv's target, over a busy one: 2**20
+multiply-adds (about 2 MFLOP, some tens of microseconds on one core) and 2**16 elements (256 KiB of
+float32) are roughly where an idle two-thread launch stops paying for itself, so calls in the band
+above them keep both threads (the 1.3-2x idle cost above applied to the higher thresholds first
+measured, 2**23 and 2**19).  On a machine shared with other busy processes, where every launch of a
+small or medium call may stall, ``fastconv.set_num_threads(1)`` is the remedy (the digits example on
+a loaded machine: 0.7-0.8 s per epoch on one thread).
 """
 
 from __future__ import annotations
@@ -30,10 +38,10 @@ from contextlib import contextmanager
 
 import numba
 
-#: Convolutions with fewer multiply-adds than this run on one thread (the digits example's layers: 0.3M-4.7M).
-SERIAL_MACS = 1 << 23
+#: Convolutions with fewer multiply-adds than this run on one thread (see the module docstring).
+SERIAL_MACS = 1 << 20
 #: Pools, im2col and col2im with fewer elements (input elements or window-tap visits, whichever is more) than this.
-SERIAL_ELEMENTS = 1 << 19
+SERIAL_ELEMENTS = 1 << 16
 
 
 @contextmanager
