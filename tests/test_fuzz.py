@@ -196,15 +196,18 @@ def _b_conv_transpose2d_backward(draw):
     return fastconv.conv_transpose2d_backward, dict(args, dy=dy, strategy="auto"), bad
 
 
-_POOL_SIZE_BAD = BAD_POS_PAIR + [1000, (1, 1000)]  # 1000: the window cannot fit the (tiny) input
+def _pool_size_bad(stride, ceil_mode) -> list:
+    """Bad pool sizes.  1000: the window cannot fit the (tiny) input -- except with ceil_mode and stride=None, where
+    PyTorch's rule gives one window up to stride - 1 = 999 longer than the padded input (torch agrees)."""
+    return BAD_POS_PAIR + ([] if stride is None and ceil_mode else [1000, (1, 1000)])
 
 
 def _b_max_pool2d(draw):
     x, k, s, p = draw(_pool_call())
-    bad = dict(x=_bad_arrays(x) + _zeros_variants(x), size=_POOL_SIZE_BAD, stride=BAD_POOL_STRIDE, pad=BAD_POOL_PAD,
-               dilation=BAD_POS_PAIR, ceil_mode=BAD_BOOL, return_indices=BAD_BOOL)
-    args = dict(x=x, size=k, stride=s, pad=p, dilation=1, ceil_mode=draw(st.booleans()),
-                return_indices=draw(st.booleans()))
+    ceil = draw(st.booleans())
+    bad = dict(x=_bad_arrays(x) + _zeros_variants(x), size=_pool_size_bad(s, ceil), stride=BAD_POOL_STRIDE,
+               pad=BAD_POOL_PAD, dilation=BAD_POS_PAIR, ceil_mode=BAD_BOOL, return_indices=BAD_BOOL)
+    args = dict(x=x, size=k, stride=s, pad=p, dilation=1, ceil_mode=ceil, return_indices=draw(st.booleans()))
     return fastconv.max_pool2d, args, bad
 
 
@@ -221,8 +224,8 @@ def _b_max_pool2d_backward(draw):
     bad = dict(
         dy=_bad_arrays(y) + [np.zeros(s) for s in _shape_variants(y.shape)],
         x=_bad_arrays(x) + _zeros_variants(x) + BAD_X_SHAPE,
-        size=_POOL_SIZE_BAD, stride=BAD_POOL_STRIDE, pad=BAD_POOL_PAD, dilation=BAD_POS_PAIR, ceil_mode=BAD_BOOL,
-        indices=bad_idx + ["indices", _Opaque()],
+        size=_pool_size_bad(s, ceil), stride=BAD_POOL_STRIDE, pad=BAD_POOL_PAD, dilation=BAD_POS_PAIR,
+        ceil_mode=BAD_BOOL, indices=bad_idx + ["indices", _Opaque()],
     )
     args = dict(dy=np.ones_like(y), x=x, size=k, stride=s, pad=p, dilation=1, ceil_mode=ceil,
                 indices=idx if use_idx else None)
@@ -231,9 +234,10 @@ def _b_max_pool2d_backward(draw):
 
 def _b_avg_pool2d(draw):
     x, k, s, p = draw(_pool_call())
-    bad = dict(x=_bad_arrays(x) + _zeros_variants(x), size=_POOL_SIZE_BAD, stride=BAD_POOL_STRIDE, pad=BAD_POOL_PAD,
-               ceil_mode=BAD_BOOL, count_include_pad=BAD_BOOL, divisor_override=BAD_DIVISOR)
-    args = dict(x=x, size=k, stride=s, pad=p, ceil_mode=draw(st.booleans()),
+    ceil = draw(st.booleans())
+    bad = dict(x=_bad_arrays(x) + _zeros_variants(x), size=_pool_size_bad(s, ceil), stride=BAD_POOL_STRIDE,
+               pad=BAD_POOL_PAD, ceil_mode=BAD_BOOL, count_include_pad=BAD_BOOL, divisor_override=BAD_DIVISOR)
+    args = dict(x=x, size=k, stride=s, pad=p, ceil_mode=ceil,
                 count_include_pad=draw(st.booleans()), divisor_override=draw(st.sampled_from([None, 1, 3])))
     return fastconv.avg_pool2d, args, bad
 
@@ -246,7 +250,7 @@ def _b_avg_pool2d_backward(draw):
     bad = dict(
         dy=_bad_arrays(y) + [np.zeros(s) for s in _shape_variants(y.shape)],
         x=_bad_arrays(x) + _zeros_variants(x) + BAD_X_SHAPE,
-        size=_POOL_SIZE_BAD, stride=BAD_POOL_STRIDE, pad=BAD_POOL_PAD, ceil_mode=BAD_BOOL,
+        size=_pool_size_bad(s, ceil), stride=BAD_POOL_STRIDE, pad=BAD_POOL_PAD, ceil_mode=BAD_BOOL,
         count_include_pad=BAD_BOOL, divisor_override=BAD_DIVISOR,
     )
     args = dict(dy=np.ones_like(y), x=x_arg, size=k, stride=s, pad=p, ceil_mode=ceil,
