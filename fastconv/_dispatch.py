@@ -60,6 +60,7 @@ from ._params import (
     transposed_geometry,
     transposed_out_size,
 )
+from ._small import serial_if_small
 from ._threads import get_num_threads
 
 OPS = ("conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward")
@@ -416,15 +417,18 @@ def measure_strategies(p: Problem, names: tuple[str, ...] | None = None) -> dict
         )
     ops = _operands(p)
     timings = {}
-    for name in names:
-        if name != "direct" and name in CALL_OVERHEAD:
-            cand = estimate(name, p)
-            if not cand.feasible:
+    # The public ops run small calls on one thread (fastconv._small); time the candidates the same way.
+    macs = math.prod(p.conv_y) * math.prod(p.w_shape[1:]) * len(PRIMITIVES[p.op])
+    with serial_if_small(macs, "macs"):
+        for name in names:
+            if name != "direct" and name in CALL_OVERHEAD:
+                cand = estimate(name, p)
+                if not cand.feasible:
+                    continue
+            try:
+                timings[name] = float(_time_candidate(name, _runner(name, p, ops)))
+            except WorkspaceTooSmallError:
                 continue
-        try:
-            timings[name] = float(_time_candidate(name, _runner(name, p, ops)))
-        except WorkspaceTooSmallError:
-            continue
     return timings
 
 

@@ -318,3 +318,16 @@ def test_autotune_real_measurement_runs_the_winner(cache_dir):
     assert entry["strategy"] in fastconv.STRATEGIES and set(entry["timings"]) == set(fastconv.STRATEGIES)
     named = _call("conv2d_backward", xs, ws, kw, entry["strategy"])
     assert all(a.tobytes() == b.tobytes() for a, b in zip(got, named, strict=True))
+
+
+@pytest.mark.parametrize("x_shape, expect_threads", [((2, 4, 8, 8), 1), ((8, 64, 56, 56), 2)])
+def test_measure_times_with_the_threads_the_op_would_use(monkeypatch, restore_threads, x_shape, expect_threads):
+    """Small calls run on one thread (fastconv._small), so measure/autotune must time them on one thread too."""
+    import numba
+
+    fastconv.set_num_threads(2)
+    seen = []
+    monkeypatch.setattr(_dispatch, "_time_candidate", lambda name, run: seen.append(numba.get_num_threads()) or 1.0)
+    fastconv.choose_strategy("conv2d", x_shape, (64, x_shape[1], 3, 3), pad=1, measure=True)
+    assert seen and set(seen) == {expect_threads}
+    assert fastconv.get_num_threads() == 2
