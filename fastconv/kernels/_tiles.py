@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -174,6 +174,92 @@ class Tile(NamedTuple):
     pc: int
 
 
+class Lazy(Sequence):
+    """A plan's list of tiles or work units, each computed on demand from a few integers.
+
+    The plans are regular, so they need not be stored: a stored list costs ~100 bytes of
+    Python objects per tile, outside the workspace limit and growing with the batch (a
+    limit-filling plan then overshot the limit -- tests/test_memory.py).  ``item(i)`` gives
+    entry ``0 <= i < len``; iteration, negative indices and ``len`` work as for a list.
+    """
+
+    __slots__ = ("_len",)
+
+    def __init__(self, length: int) -> None:
+        self._len = length
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self.item(k) for k in range(*i.indices(self._len))]
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(i)
+        return self.item(i)
+
+    def item(self, i: int):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)!r})"
+
+
+class Grid(Lazy):
+    """``(n0, nb, a, b)`` for groups of ``nb`` images (the last one shorter) crossed with ``parts[j] = (a, b)``."""
+
+    __slots__ = ("_n", "_nb", "_parts")
+
+    def __init__(self, n: int, nb: int, parts: Sequence[tuple[int, int]]) -> None:
+        super().__init__(-(-n // nb) * len(parts))
+        self._n, self._nb, self._parts = n, nb, parts
+
+    def item(self, i: int) -> Tile:
+        img, j = divmod(i, len(self._parts))
+        n0 = img * self._nb
+        return Tile(n0, min(self._nb, self._n - n0), *self._parts[j])
+
+    def __iter__(self) -> Iterator[Tile]:
+        parts = list(self._parts)
+        for n0 in range(0, self._n, self._nb):
+            nb = min(self._nb, self._n - n0)
+            for a, b in parts:
+                yield Tile(n0, nb, a, b)
+
+
+class Pieces(Lazy):
+    """``(p0, len)``: ``p`` pixels in consecutive pieces of ``pc`` (the last one shorter)."""
+
+    __slots__ = ("_p", "_pc")
+
+    def __init__(self, p: int, pc: int) -> None:
+        super().__init__(-(-p // pc))
+        self._p, self._pc = p, pc
+
+    def item(self, i: int) -> tuple[int, int]:
+        p0 = i * self._pc
+        return p0, min(self._pc, self._p - p0)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for p0 in range(0, self._p, self._pc):
+            yield p0, min(self._pc, self._p - p0)
+
+
+class Ranges(Lazy):
+    """``(lo, hi)``: ``0 .. total`` in ``parts`` consecutive ranges, ``lo = total·k // parts``."""
+
+    __slots__ = ("_total",)
+
+    def __init__(self, total: int, parts: int) -> None:
+        super().__init__(parts)
+        self._total = total
+
+    def item(self, k: int) -> tuple[int, int]:
+        return self._total * k // self._len, self._total * (k + 1) // self._len
+
+
 def too_small(what: str, need: int) -> WorkspaceTooSmallError:
     return WorkspaceTooSmallError(
         f"{what} needs at least {need} bytes of scratch memory, more than the workspace limit "
@@ -183,7 +269,7 @@ def too_small(what: str, need: int) -> WorkspaceTooSmallError:
 
 def plan_tiles(
     n: int, p: int, px_bytes: int, budget: int, *, min_pixels: int = MIN_PIXELS, tile_bytes: int = TILE_BYTES
-) -> list[Tile] | None:
+) -> Sequence[Tile] | None:
     """Split ``n`` images of ``p`` output pixels into tiles of at most ``budget`` scratch bytes.
 
     ``px_bytes`` is the scratch of one (image, pixel).  Tiles are whole images when they are
@@ -200,12 +286,20 @@ def plan_tiles(
     if per_tile >= p:
         nb = max(1, min(per_tile // p, -(-n // target)))
         if nb > 1 or n >= target or p < 2 * min_pixels:
-            return [Tile(n0, min(nb, n - n0), 0, p) for n0 in range(0, n, nb)]
+            return Grid(n, nb, ((0, p),))
         pieces = min(-(-target // n), p // min_pixels)
     else:
         pieces = max(-(-p // per_tile), min(-(-target // n), p // min_pixels))
     pc = min(per_tile, -(-p // pieces))
-    return [Tile(i, 1, p0, min(pc, p - p0)) for i in range(n) for p0 in range(0, p, pc)]
+    return Grid(n, 1, Pieces(p, pc))
+
+
+def tile_pixels(tiles: Sequence[Tile]) -> int:
+    """Pixels (images x pixels) of the largest tile of a :func:`plan_tiles` plan: its first (0 for no tiles).
+
+    Only the last image group, or the last pixel piece of each image, is shorter.
+    """
+    return tiles[0].nb * tiles[0].pc if len(tiles) else 0
 
 
 class Scratch:
@@ -721,7 +815,7 @@ def reduce_parts(parts: np.ndarray, out: np.ndarray) -> None:
 # --------------------------------------------------------------------------- backward_data: GEMM, then col2im
 
 
-def _bd_units(cv: Conv, isz: int, budget: int) -> tuple[list[tuple[int, int, int, int]], int] | None:
+def _bd_units(cv: Conv, isz: int, budget: int) -> tuple[Sequence[tuple[int, int, int, int]], int] | None:
     """Work units ``(n0, nb, c0, c1)`` of backward_data and their pixel chunk length."""
     n, c, g, cg, kk, p = cv.n, cv.c, cv.g, cv.cg, cv.kk, cv.p
     target = TILES_PER_THREAD * T_MAX
@@ -729,7 +823,7 @@ def _bd_units(cv: Conv, isz: int, budget: int) -> tuple[list[tuple[int, int, int
     if img <= budget:
         nb = max(1, min(budget // img, max(1, TILE_BYTES // img), -(-n // target)))
         if nb > 1 or n >= target:
-            return [(n0, min(nb, n - n0), 0, c) for n0 in range(0, n, nb)], p
+            return Grid(n, nb, ((0, c),)), p
         # few images: split the channels, keeping groups whole where possible
         pieces = -(-target // n)
         cb = max(1, -(-c // pieces))
@@ -753,7 +847,7 @@ def _bd_units(cv: Conv, isz: int, budget: int) -> tuple[list[tuple[int, int, int
     cache_pc = max(MIN_PIXELS, TILE_BYTES // (cb * kk * isz))
     if cache_pc < pc:
         pc = cache_pc - cache_pc % cv.ow if cache_pc >= cv.ow else cache_pc
-    return [(i, 1, c0, c1) for i in range(n) for (c0, c1) in blocks], pc
+    return Grid(n, 1, blocks), pc
 
 
 def backward_data(dy: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray:

@@ -28,6 +28,7 @@ from ._tiles import (
     TILE_BYTES,
     TILES_PER_THREAD,
     Conv,
+    Ranges,
     Scratch,
     conv_of,
     gather_dy,
@@ -38,6 +39,7 @@ from ._tiles import (
     reduce_parts,
     run_tiles,
     slots_for,
+    tile_pixels,
     too_small,
 )
 
@@ -65,7 +67,7 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
         raise too_small("strategy 'im2col' (forward)", T_MAX * cv.c * cv.kk * isz)
     c, g, kk = cv.c, cv.g, cv.kk
     pointwise = cv.pointwise
-    cols_elems = 0 if pointwise else max(t.nb * t.pc for t in tiles) * c * kk
+    cols_elems = 0 if pointwise else tile_pixels(tiles) * c * kk
     scratch = Scratch(x.dtype, slots_for(len(tiles)), {"cols": cols_elems}, {})
     w3 = w.reshape(g, cv.mg, cv.cg * kk)
     y4 = y.reshape(cv.n, g, cv.mg, cv.p)
@@ -97,7 +99,7 @@ def forward_scratch(cv: Conv, isz: int) -> int | None:
         return None
     if cv.pointwise:
         return 0
-    return slots_for(len(tiles)) * max(t.nb * t.pc for t in tiles) * cv.c * cv.kk * isz
+    return slots_for(len(tiles)) * tile_pixels(tiles) * cv.c * cv.kk * isz
 
 
 # --------------------------------------------------------------------------- backward_data (shared with "col2im")
@@ -146,16 +148,15 @@ def filter_plan(cv: Conv, isz: int, rows: int):
         tiles = plan_tiles(cv.n, cv.p, px, budget, tile_bytes=max(TILE_BYTES, 2 * cv.m * px))
         if tiles is None:
             continue
-        tpx = max((t.nb * t.pc for t in tiles), default=0)
+        tpx = tile_pixels(tiles)
         if len(tiles) * dwb + T_MAX * tpx * (rows + cv.m) * isz <= limit:
-            return tiles, [(i, i + 1) for i in range(len(tiles))], False
+            return tiles, Ranges(len(tiles), len(tiles)), False
         u = min(u_max, len(tiles))
-        bounds = [len(tiles) * k // u for k in range(u + 1)]
-        plan = tiles, [(bounds[k], bounds[k + 1]) for k in range(u)], True
+        plan = tiles, Ranges(len(tiles), u), True
         if tpx >= min(MIN_PIXELS, cv.p):
             return plan
         # a tight limit: fewer partials leave room for longer tiles (fewer, more efficient GEMMs)
-        if best is None or tpx > max(t.nb * t.pc for t in best[0]):
+        if best is None or tpx > tile_pixels(best[0]):
             best = plan
     return best
 
@@ -166,7 +167,7 @@ def filter_scratch(cv: Conv, isz: int, rows: int) -> int | None:
     if plan is None:
         return None
     tiles, units, tmp = plan
-    tpx = max(t.nb * t.pc for t in tiles)
+    tpx = tile_pixels(tiles)
     dwsz = cv.m * cv.cg * cv.kk
     return (slots_for(len(units)) * (tpx * (rows + cv.m) + (dwsz if tmp else 0)) + len(units) * dwsz) * isz
 
@@ -256,7 +257,7 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     if plan is None:
         raise too_small("strategy 'im2col' (backward_filter)", T_MAX * (3 * m * cg * kk + (c * kk + m)) * isz)
     tiles, units, need_tmp = plan
-    tpx = max(t.nb * t.pc for t in tiles)
+    tpx = tile_pixels(tiles)
     scratch = Scratch(
         dy.dtype,
         slots_for(len(units)),

@@ -18,6 +18,8 @@ Tiles and threads: see :mod:`._tiles`.  Depthwise-like groups use :mod:`._groupe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .._config import get_workspace_limit, record_scratch
@@ -30,6 +32,7 @@ from ._tiles import (
     TILE_BYTES,
     TILES_PER_THREAD,
     Conv,
+    Grid,
     Scratch,
     _rows_shift_add,
     _valid_cols,
@@ -43,6 +46,7 @@ from ._tiles import (
     reduce_parts,
     run_tiles,
     slots_for,
+    tile_pixels,
     too_small,
 )
 from .gemm import backward_data, backward_data_scratch, filter_plan  # noqa: F401  (shared backward_data)
@@ -86,8 +90,8 @@ def _in_rows(cv: Conv, oh0: int, oh1: int) -> tuple[int, int]:
     return lo, max(lo, hi)
 
 
-def _forward_plan(cv: Conv, isz: int) -> list[tuple[int, int, int, int]] | None:
-    """Tiles ``(n0, nb, oh0, oh1)``: whole images, or output-row blocks of one image."""
+def _forward_plan(cv: Conv, isz: int) -> Sequence[tuple[int, int, int, int]] | None:
+    """Tiles ``(n0, nb, oh0, oh1)``: whole images, or output-row blocks of one image (computed on demand)."""
     n, oh = cv.n, cv.oh
     row_bytes = cv.m * cv.kk * cv.w * isz  # Z bytes per input row
     budget = (get_workspace_limit() - cv.m * cv.cg * cv.kk * isz) // T_MAX
@@ -96,7 +100,7 @@ def _forward_plan(cv: Conv, isz: int) -> list[tuple[int, int, int, int]] | None:
     if img <= budget:
         nb = max(1, min(budget // img, max(1, TILE_BYTES // img), -(-n // target)))
         if nb > 1 or n >= target or oh < 2:
-            return [(n0, min(nb, n - n0), 0, oh) for n0 in range(0, n, nb)]
+            return Grid(n, nb, ((0, oh),))
         r = -(-oh // min(oh, -(-target // n)))
     else:
         halo = cv.dh * (cv.kh - 1) + 1 - cv.sh
@@ -114,7 +118,7 @@ def _forward_plan(cv: Conv, isz: int) -> list[tuple[int, int, int, int]] | None:
         r_halo = max(1, -(-4 * max(halo, 0) // cv.sh))
         r = min(r_budget, max(r_cache, r_halo))
         r = min(r, -(-oh // min(oh, -(-target // n))))
-    return [(i, 1, o0, min(o0 + r, oh)) for i in range(n) for o0 in range(0, oh, r)]
+    return Grid(n, 1, [(o0, min(o0 + r, oh)) for o0 in range(0, oh, r)])
 
 
 def _tile_z_elems(cv: Conv, t: tuple[int, int, int, int]) -> int:
@@ -200,12 +204,12 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     if plan is None:
         raise too_small("strategy 'col2im' (backward_filter)", T_MAX * (3 * m * cg * kk + c + m) * isz)
     tiles, units, need_tmp = plan
-    tpx = max(t.nb * t.pc for t in tiles)
+    tpx = tile_pixels(tiles)
     dwsz = m * cg * kk
     scratch = Scratch(
         dy.dtype,
         slots_for(len(units)),
-        {"cols": tpx * c, "dy": tpx * m, "tmp": m * cg if need_tmp else 0},
+        {"cols": tpx * c, "dy": tpx * m, "tmp": dwsz if need_tmp else 0},
         {"part": len(units) * dwsz},
     )
     dy3 = dy.reshape(n, m, p)
@@ -228,14 +232,15 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
             cols = scratch.get(slot, "cols", c * k)
             a = cols.reshape(g, cg, k)
             dyt = dyt.transpose(0, 2, 1)
+            # the unit's first tile writes its partial; a later tile's taps go to a dw-sized temporary (the
+            # plan's GEMM temp), added once, contiguously (NumPy's += into a strided tap slice would allocate
+            # iterator buffers outside the workspace accounting -- tests/test_memory.py)
+            dst = acc if i == units[u][0] else scratch.get(slot, "tmp", dwsz).reshape(g, cg, kk, mg)
             for t in range(kk):
                 gather_patches(x, cols, n0, nb, p0, pc, 0, c, t, t + 1, geo, pc, k)
-                if i == units[u][0]:
-                    mm(a, dyt, out=acc[:, :, t])
-                else:
-                    tmp = scratch.get(slot, "tmp", m * cg).reshape(g, cg, mg)
-                    mm(a, dyt, out=tmp)
-                    acc[:, :, t] += tmp
+                mm(a, dyt, out=dst[:, :, t])
+            if dst is not acc:
+                acc += dst
 
     run_tiles(len(units), work, n * m * cg * kk * p)
     reduce_parts(parts, dw.reshape(g, mg, cg * kk))
@@ -254,8 +259,8 @@ def backward_filter_scratch(cv: Conv, isz: int) -> int | None:
     if plan is None:
         return None
     tiles, units, need_tmp = plan
-    tpx = max(t.nb * t.pc for t in tiles)
-    tmp = cv.m * cv.cg if need_tmp else 0
+    tpx = tile_pixels(tiles)
+    tmp = cv.m * cv.cg * cv.kk if need_tmp else 0
     return (slots_for(len(units)) * (tpx * (cv.c + cv.m) + tmp) + len(units) * cv.m * cv.cg * cv.kk) * isz
 
 
