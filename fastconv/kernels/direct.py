@@ -1,4 +1,4 @@
-"""The "direct" strategy: explicit parallel loop nests over small per-task scratch planes.
+"""The "direct" strategy: explicit loop nests over small per-task scratch planes, run in parallel tiles.
 
 Every primitive works on *flattened planes*.  A task copies the planes it reads into a
 small scratch buffer -- zero-padded and, for strides > 1, split into ``sh * sw``
@@ -33,8 +33,9 @@ element is written exactly once by one task.
   pixels no tap reaches; when the input plane holds NaN or +-Inf the dots run row by row
   over the valid columns instead, so a non-finite pixel only reaches the taps it should.
 
-The task split never depends on the thread count.  Kernels run numba's static schedule
-(see :func:`_run`).
+The task split never depends on the thread count.  The kernels are serial and release the
+GIL; :func:`_run` hands tiles of tasks to fastconv's worker threads, which take them one at
+a time (a core busy with another process does not stall the call).
 """
 
 from __future__ import annotations
