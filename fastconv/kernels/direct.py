@@ -69,7 +69,7 @@ def _up(n):
 
 
 #: Tiles per thread the tasks of one call are split into (handed out dynamically by ``run_tiles``).
-_TILES_PER_THREAD = 4
+_TILES_PER_THREAD = 2
 
 
 def _run(kern, tasks, macs, out, *args):
