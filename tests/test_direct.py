@@ -12,7 +12,7 @@ the direct kernels choose by shape, each small enough to check against tests/ref
   channels per group, by kn2row (a reduction over the dy planes, then each tap scatter-added);
 * backward_filter's junk columns, which must not turn a NaN / Inf of the input that no tap
   reaches into a NaN of ``dw``;
-* bit-identical results for 1 and 2 threads (tiles of tasks really spread over both).
+* bit-identical results for 1 and 2 threads.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from conftest import assert_close, uniform
 
 import fastconv
 from fastconv._params import conv_geometry
-from fastconv.kernels import _tiles, direct
+from fastconv.kernels import direct
 
 # (x shape, w shape, kwargs)
 CASES = {
@@ -130,9 +130,7 @@ def test_backward_filter_junk_columns_never_touch_nonfinite_input(value, where):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
 @pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2", "kn2row_stride2"])
-def test_direct_bit_identical_for_one_and_two_threads(case, restore_threads, monkeypatch):
-    """With the inline threshold removed, even these small calls split their tasks over two threads."""
-    monkeypatch.setattr(_tiles, "INLINE_MACS", 0)
+def test_direct_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     xs = (9,) + xs[1:]  # more images than _NBLOCKS: backward_filter's image blocks hold several
     rng = np.random.default_rng(6)

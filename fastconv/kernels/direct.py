@@ -1,4 +1,4 @@
-"""The "direct" strategy: explicit loop nests over small per-task scratch planes, run in parallel tiles.
+"""The "direct" strategy: explicit parallel loop nests over small per-task scratch planes.
 
 Every primitive works on *flattened planes*.  A task copies the planes it reads into a
 small scratch buffer -- zero-padded and, for strides > 1, split into ``sh * sw``
@@ -33,20 +33,18 @@ element is written exactly once by one task.
   pixels no tap reaches; when the input plane holds NaN or +-Inf the dots run row by row
   over the valid columns instead, so a non-finite pixel only reaches the taps it should.
 
-The task split never depends on the thread count.  The kernels are serial and release the
-GIL; :func:`_run` hands tiles of tasks to fastconv's worker threads, which take them one at
-a time (a core busy with another process does not stall the call).
+The task split never depends on the thread count.  Kernels run numba's static schedule
+(see :func:`_run`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
-from .._options import kernel
+from .._options import kernel, parallel_kernel
 from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
-from .._threads import get_num_threads
-from ._tiles import run_tiles
 
 #: Elements of one accumulation run (rows of output are grouped into runs of about this length).
 _RUN = 4096
@@ -68,29 +66,19 @@ def _up(n):
     return (n + _VEC - 1) // _VEC * _VEC
 
 
-#: Tiles per thread the tasks of one call are split into (handed out dynamically by ``run_tiles``).
-_TILES_PER_THREAD = 2
+def _run(kern, *args):
+    """Launch the parallel kernel ``kern`` (one place to change how the primitives launch their kernels).
 
-
-def _run(kern, tasks, macs, out, *args):
-    """Run the serial, nogil kernel ``kern(*args, out, t0, t1)`` over tasks ``[0, tasks)``; return ``out``.
-
-    The tasks are split into tiles that fastconv's worker threads take one at a time
-    (:func:`fastconv.kernels._tiles.run_tiles`, as the GEMM strategies do): a core busy with
-    another process no longer holds the whole call up, as numba's static prange schedule did
-    (and numba's chunked schedules measured slower: about 2.5 us per chunk).  Calls below
-    ``INLINE_MACS`` multiply-adds stay on the calling thread.  Every task writes its own
-    outputs, so results never depend on the tiles or threads.
+    numba's default (static) schedule is kept.  Handing tasks out dynamically would help when another
+    process holds a core, but numba's chunked schedule measured slower here: ``set_parallel_chunksize(1)``
+    costs about 2.5 us per task (dw3x3_56 has 1024), and 8 chunks per thread took lenet1's
+    forward + backward primitives from 1.9 to 2.9 ms at 2 threads.  Serial nogil kernels run in tiles
+    by fastconv's worker threads (``_tiles.run_tiles``, as the GEMM strategies) were tried too: at
+    load ~2 they won (dw3x3_56 forward 3.2 vs 8.1 ms, lenet1 1.0 vs 7.8 ms), on a quiet machine they
+    lost (1.43 vs 1.10 ms, 0.62 vs 0.38 ms: the hand-off costs 0.1-0.3 ms per call).  On a busy
+    machine, ``fastconv.set_num_threads(1)`` is the remedy (see the docs).
     """
-    if tasks <= 0:
-        return out
-    n_tiles = max(1, min(tasks, _TILES_PER_THREAD * get_num_threads()))
-
-    def work(i: int, slot: int) -> None:
-        kern(*args, out, i * tasks // n_tiles, (i + 1) * tasks // n_tiles)
-
-    run_tiles(n_tiles, work, macs)
-    return out
+    return kern(*args)
 
 
 # --------------------------------------------------------------------------- inner loops
@@ -416,9 +404,9 @@ def _fill_polyphase(s, x, n, c0, cg, sh, sw, pt, pl, hq, wq):
 # --------------------------------------------------------------------------- forward
 
 
-@kernel
-def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, nparts, unpadded, y, t0, t1):
-    c_ = x.shape[1]
+@parallel_kernel
+def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, nparts, unpadded):
+    n_, c_ = x.shape[0], x.shape[1]
     maxoff = 0
     for k in range(offs.shape[0]):
         maxoff = max(maxoff, offs[k])
@@ -432,7 +420,8 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
         mpp = (mpp + _MB - 1) // _MB * _MB
     nt = offs.shape[0]
     nt8 = nt - nt % 8
-    for t in range(t0, t1):
+    y = np.empty((n_, m_, oh_, ow_), dtype=x.dtype)
+    for t in prange(n_ * groups * nparts):
         part = t % nparts
         r = t // nparts
         g = r % groups
@@ -470,6 +459,7 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
                             for o in range(ow_):
                                 yr[o] = ar[o]
                     m += mb
+    return y
 
 
 def _blocks(k: int, d: int, s: int, before: int, out: int) -> tuple[int, int]:
@@ -514,14 +504,11 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
     if unpadded:
         hq = x.shape[2]
     offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
-    y = np.empty((n, m, oh, ow), dtype=x.dtype)
-    macs = n * m * cg * kh * kw * oh * ow
-    return _run(_forward_kernel, n * g * nparts, macs, y, x, w2, offs, sh, sw, pt, pl, g, hq, wq, oh, ow, nparts,
-                unpadded)
+    return _run(_forward_kernel, x, w2, offs, sh, sw, pt, pl, g, hq, wq, oh, ow, nparts, unpadded)
 
 
-@kernel
-def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1, cl0, cr, j0, nrun, out, t0, t1):
+@parallel_kernel
+def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1, cl0, cr, j0, nrun):
     """``out[n, o, r, :] = sum_t wt[o, t] * src[n, group planes tp[t], r + tro[t], : + tco[t]]`` (zero outside).
 
     Output rows are as long as the input rows (``W``).  Rows ``r0:r1`` run straight from ``src``
@@ -534,8 +521,9 @@ def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1,
     og = o_ // groups
     nt = tp.shape[0]
     opp = (og + nparts - 1) // nparts
+    out = np.empty((n_, o_, oh_, w_), dtype=src.dtype)
     zero = src.dtype.type(0)
-    for t in range(t0, t1):
+    for t in prange(n_ * groups * nparts):
         part = t % nparts
         r = t // nparts
         g = r % groups
@@ -583,6 +571,7 @@ def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1,
                         a = wo[k]
                         for q in range(hi - lo):
                             dr[q] += a * sr[q]
+    return out
 
 
 def _same_width(src: np.ndarray, wt: np.ndarray, tp, tro, tco, groups: int, oh: int, nparts: int) -> np.ndarray:
@@ -596,21 +585,19 @@ def _same_width(src: np.ndarray, wt: np.ndarray, tp, tro, tco, groups: int, oh: 
     nrun = (r1 - r0) * w_ - cl0 - cr if r1 > r0 else 0
     nrun = max(0, nrun)
     offs = tp * hs * w_ + tro * w_ + tco + j0
-    out = np.empty((src.shape[0], wt.shape[0], oh, w_), dtype=src.dtype)
-    macs = out.size * tp.shape[0]
-    return _run(_same_width_kernel, src.shape[0] * groups * nparts, macs, out, src, np.ascontiguousarray(wt), offs,
-                tp, tro, tco, groups, oh, nparts, r0, r1, cl0, cr, j0, nrun)
+    return _run(_same_width_kernel, src, np.ascontiguousarray(wt), offs, tp, tro, tco, groups, oh, nparts, r0, r1,
+                cl0, cr, j0, nrun)
 
 
 # --------------------------------------------------------------------------- backward_data
 
 
-@kernel
-def _backward_data_kernel(dy, wf, toff, twi, tp, phq, phr, sh, sw, groups, cg, ptd, pld, hd, wd, h_, w_, nparts, dx,
-                          t0, t1):
+@parallel_kernel
+def _backward_data_kernel(dy, wf, toff, twi, tp, phq, phr, sh, sw, groups, cg, ptd, pld, hd, wd, h_, w_, nparts):
     n_, m_, oh_, ow_ = dy.shape
     mg = m_ // groups
     kk = wf.shape[0] // (m_ * cg)
+    c_ = cg * groups
     ld = hd * wd
     nph = sh * sw
     maxq = 0
@@ -618,8 +605,9 @@ def _backward_data_kernel(dy, wf, toff, twi, tp, phq, phr, sh, sw, groups, cg, p
         maxq = max(maxq, phq[ph])
     rows = max(1, min(maxq, _RUN // wd))
     cpp = (cg + nparts - 1) // nparts
+    dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
     zero = dy.dtype.type(0)
-    for t in range(t0, t1):
+    for t in prange(n_ * groups * nparts):
         part = t % nparts
         r = t // nparts
         g = r % groups
@@ -670,10 +658,11 @@ def _backward_data_kernel(dy, wf, toff, twi, tp, phq, phr, sh, sw, groups, cg, p
                             else:
                                 for o in range(rn):
                                     dr[o * sw + b] = ar[o]
+    return dx
 
 
-@kernel
-def _kn2row_kernel(dy, wz, sh, sw, dh, dw, pt, pl, groups, kw_, h_, w_, nparts, dx, t0, t1):
+@parallel_kernel
+def _kn2row_kernel(dy, wz, sh, sw, dh, dw, pt, pl, groups, kw_, h_, w_, nparts):
     """backward_data as ``Z[t] = sum_m w[m, c, t] * dy[m]`` (four taps x eight dy planes per pass) and a
     scatter-add of each tap's ``Z[t]`` into ``dx`` at the pixels that tap really reaches.
 
@@ -684,6 +673,7 @@ def _kn2row_kernel(dy, wz, sh, sw, dh, dw, pt, pl, groups, kw_, h_, w_, nparts, 
     """
     n_, m_, oh_, ow_ = dy.shape
     cg, kk, mg = wz.shape[1], wz.shape[2], wz.shape[3]
+    c_ = cg * groups
     flat = sh == 1 and sw == 1 and w_ > ow_
     ws = w_ if flat else ow_  # row length of the dy planes the passes read, and of Z
     ps = oh_ * ws
@@ -691,7 +681,8 @@ def _kn2row_kernel(dy, wz, sh, sw, dh, dw, pt, pl, groups, kw_, h_, w_, nparts, 
     offs = np.arange(mg) * ps
     mg8 = mg - mg % 8
     cpp = (cg + nparts - 1) // nparts
-    for task in range(t0, t1):
+    dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
+    for task in prange(n_ * groups * nparts):
         part = task % nparts
         r = task // nparts
         g = r % groups
@@ -763,6 +754,7 @@ def _kn2row_kernel(dy, wz, sh, sw, dh, dw, pt, pl, groups, kw_, h_, w_, nparts, 
                                     else:
                                         for q in range(lo, hi):
                                             drow[q * sw + coff] += zr[q]
+    return dx
 
 
 def _phase_taps(k: int, d: int, s: int, before: int, n_in: int, n_out: int):
@@ -803,10 +795,7 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
     if mg >= 8 and kh * kw >= _MB and ow <= _RUN:
         # many dy planes per group: reduce over them first, four taps x eight planes per pass (kn2row)
         wz = np.ascontiguousarray(w.reshape(g, mg, cg, kh * kw).transpose(0, 2, 3, 1))
-        nparts = _parts(n * g, cg)
-        dx = np.empty((n, cg * g, h, wd_), dtype=dy.dtype)
-        return _run(_kn2row_kernel, n * g * nparts, dy.size * cg * kh * kw, dx, dy, wz, sh, sw, dh, dw, pt, pl, g,
-                    kw, h, wd_, nparts)
+        return _run(_kn2row_kernel, dy, wz, sh, sw, dh, dw, pt, pl, g, kw, h, wd_, _parts(n * g, cg))
     if (sh, sw) == (1, 1) and geom.pad[2] + geom.pad[3] == (kw - 1) * dw and wd_ == ow:
         # dx rows as long as dy rows: the forward's same-width kernel on dy with the flipped kernel
         wt = w.reshape(g, mg, cg, kh * kw).transpose(0, 2, 1, 3).reshape(g * cg, mg * kh * kw)
@@ -829,18 +818,16 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
             phq.append(rlens[a])
             phr.append(clens[b])
     i64 = np.int64
-    nparts = _parts(n * g, cg)
-    dx = np.empty((n, cg * g, h, wd_), dtype=dy.dtype)
-    return _run(_backward_data_kernel, n * g * nparts, dx.size * mg * kh * kw, dx, dy, w.reshape(-1),
-                np.array(toff, i64), np.array(twi, i64), np.array(tp, i64), np.array(phq, i64), np.array(phr, i64),
-                sh, sw, g, cg, ptd, pld, hd, wdd, h, wd_, nparts)
+    return _run(_backward_data_kernel, dy, w.reshape(-1), np.array(toff, i64), np.array(twi, i64), np.array(tp, i64),
+                                 np.array(phq, i64), np.array(phr, i64), sh, sw, g, cg, ptd, pld, hd, wdd, h, wd_,
+                                 _parts(n * g, cg))
 
 
 # --------------------------------------------------------------------------- backward_filter
 
 
-@kernel
-def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, nparts, taps, partial, t0, t1):
+@parallel_kernel
+def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, nparts, taps):
     n_, m_, oh_, ow_ = dy.shape
     c_ = x.shape[1]
     cg = c_ // groups
@@ -852,7 +839,8 @@ def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, n
     mpp = (mg + nparts - 1) // nparts
     if mpp > _MB:  # whole blocks of output channels per task
         mpp = (mpp + _MB - 1) // _MB * _MB
-    for t in range(t0, t1):
+    partial = np.zeros((nblk, m_, taps), dtype=dy.dtype)
+    for t in prange(nblk * groups * nparts):
         part = t % nparts
         r = t // nparts
         g = r % groups
@@ -901,6 +889,7 @@ def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, n
                         else:
                             _dots(partial[nb, m], dq, src, offs, _up(jn))
                     m += mb
+    return partial
 
 
 def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pair) -> np.ndarray:
@@ -919,9 +908,7 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     nblk = min(n, _NBLOCKS)
     nparts = _parts(nblk * g, m // g)
-    partial = np.zeros((nblk, m, cg * kh * kw), dtype=dy.dtype)
-    _run(_backward_filter_kernel, nblk * g * nparts, dy.size * cg * kh * kw, partial, dy, x, offs, sh, sw, pt, pl,
-         g, hq, wq, nblk, nparts, cg * kh * kw)
+    partial = _run(_backward_filter_kernel, dy, x, offs, sh, sw, pt, pl, g, hq, wq, nblk, nparts, cg * kh * kw)
     dwt = partial[0].copy()
     for b in range(1, nblk):  # the image blocks' partial sums, always in this order
         dwt += partial[b]
