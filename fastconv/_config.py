@@ -1,4 +1,4 @@
-"""Run-time configuration: the scratch-memory (workspace) limit of the GEMM-based strategies.
+"""Run-time configuration: the scratch-memory (workspace) limit of the strategies.
 
 The "im2col" and "col2im" strategies need temporary matrices (column matrices, GEMM
 products, per-tile partial sums).  They process the batch in tiles small enough that all
@@ -11,10 +11,13 @@ of their scratch arrays together never exceed the *workspace limit*:
   inside a ``with`` block, :func:`get_workspace_limit` reads it.
 
 The limit counts every array the strategy allocates besides its inputs and result; it does
-not count BLAS's own internal packing buffers (a few MiB at most) nor the "direct"
-strategy, which has no scratch matrices.  When even the smallest tile of a strategy does
-not fit (a tiny limit), calling that strategy raises :class:`WorkspaceTooSmallError`
-naming the bytes it needs; ``strategy="auto"`` never picks such a strategy.
+not count BLAS's own internal packing buffers (a few MiB at most).  The "direct" strategy
+does not tile: its per-task scratch planes (one image's padded planes per running task, and
+backward_filter's per-image-block partial sums) must fit the limit as they are -- an upper
+bound derived from its kernels (``kernels/direct.py``, ``*_bound``).  When even the smallest
+tile of a strategy (or direct's bound) does not fit, calling that strategy raises
+:class:`WorkspaceTooSmallError` naming the bytes it needs; ``strategy="auto"`` never picks such
+a strategy while another fits.
 """
 
 from __future__ import annotations

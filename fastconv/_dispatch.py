@@ -247,11 +247,9 @@ def useful_flops(p: Problem) -> int:
 
 
 def _scratch(name: str, prim: str, cv, isz: int) -> int | None:
-    from .kernels import gemm, scatter
+    from .kernels import direct, gemm, scatter
 
-    if name == "direct":
-        return 0
-    mod = gemm if name == "im2col" else scatter
+    mod = direct if name == "direct" else gemm if name == "im2col" else scatter
     return getattr(mod, f"{prim}_scratch")(cv, isz)
 
 

@@ -189,8 +189,9 @@ def test_explain_reports_infeasible_strategies():
     xs, ws, kw = SMALL["conv2d"]
     with fastconv.workspace_limit(64):
         ex = fastconv.explain("conv2d", xs, ws, **kw)
+    # no strategy fits 64 bytes ("direct" neither since its scratch counts): "auto" names "direct", which raises
     assert ex.strategy == "direct"
-    assert {c.name for c in ex.candidates if not c.feasible} == set(fastconv.STRATEGIES) - {"direct"}
+    assert {c.name for c in ex.candidates if not c.feasible} == set(fastconv.STRATEGIES)
     assert "does not fit" in str(ex)
 
 

@@ -8,10 +8,11 @@ OpenBLAS itself, a few MiB per thread, once), which fastconv's workspace limit d
 
 * "im2col" / "col2im": with a workspace limit far below the untiled scratch of the layer (so the
   strategies must tile), ``peak - results <= limit + OVERHEAD`` for each primitive and each public op.
-* "direct" (no workspace-limited scratch matrices): its per-task scratch planes hold at most one
-  image per task, so its peak extra memory must not grow with the batch: it is bounded by the
-  bytes of a few images and weight-sized partial sums, derived below, at a batch large enough
-  that any batch-sized scratch would break the bound.
+* "direct": its per-task scratch planes hold at most one image per task, so its peak extra memory
+  must not grow with the batch: it is bounded by the bytes of a few images and weight-sized partial
+  sums, derived below, at a batch large enough that any batch-sized scratch would break the bound.
+  Its scratch bound (kernels/direct.py ``*_bound``) is checked against the measured peak, and a
+  workspace limit below it makes "direct" refuse (strategy="auto" then picks another strategy).
 
 ``OVERHEAD`` is the Python side of a call that tracemalloc counts along with the arrays (futures, threadpoolctl,
 numba's argument boxing): 2-8 KiB measured on the development machine, independent of the number of tiles
@@ -188,7 +189,7 @@ def test_direct_scratch_does_not_grow_with_the_batch(prim):
         "backward_data": lambda: s.backward_data(dy, w, geom, x.shape[2:]),
         "backward_filter": lambda: s.backward_filter(dy, x, geom, w.shape[2:]),
     }
-    with fastconv.workspace_limit(LIMIT):
+    with fastconv.workspace_limit(None):  # (direct's backward_filter needs more than LIMIT: 8 partial sums)
         _, extra = _peak_extra(calls[prim])
     isz = x.dtype.itemsize
     pt, pb, pl, pr = geom.pad
@@ -199,6 +200,71 @@ def test_direct_scratch_does_not_grow_with_the_batch(prim):
     batch = N * (C * H * W + M * out[2] * out[3]) * isz
     assert bound < batch / 2, "the layer is too small to tell batch-sized scratch from per-image scratch"
     assert extra <= bound, f"direct {prim}: {extra} bytes of scratch > {bound} (batch {batch})"
+
+
+# direct's scratch bound (kernels/direct.py *_bound) against the measured peak: the layer above, a strided one, a
+# depthwise one and a small grouped one with dilation (each path of the primitives: polyphase, same-width, kn2row).
+DIRECT_SHAPES = [  # (N, C, H, W, M, K, stride, pad, dilation, groups)
+    (N, C, H, W, M, K, 1, 1, 1, 1),
+    (8, 16, 20, 20, 16, 3, 2, 1, 1, 1),
+    (2, 32, 56, 56, 32, 3, 1, 1, 1, 32),
+    (3, 4, 9, 9, 6, 3, 1, 0, 2, 2),
+]
+
+
+@pytest.mark.parametrize("shape", DIRECT_SHAPES)
+@pytest.mark.parametrize("prim", ["forward", "backward_data", "backward_filter"])
+def test_direct_scratch_within_its_bound_and_the_limit(prim, shape):
+    """Peak extra <= the bound <= a limit just above it (1 and all threads); the bound < 4x the peak at 1 thread."""
+    from fastconv.kernels import direct
+    from fastconv.kernels._tiles import conv_of
+
+    n, c, h, wd, m, k, st, pad, dil, g = shape
+    rng = np.random.default_rng(1)
+    x, w = uniform(rng, (n, c, h, wd), np.float32), uniform(rng, (m, c // g, k, k), np.float32)
+    geom, out = conv_geometry(x.shape, w.shape, st, pad, dil, g)
+    dy = uniform(rng, out, np.float32)
+    s = get("direct")
+    calls = {
+        "forward": lambda: s.forward(x, w, geom, out[2:]),
+        "backward_data": lambda: s.backward_data(dy, w, geom, x.shape[2:]),
+        "backward_filter": lambda: s.backward_filter(dy, x, geom, w.shape[2:]),
+    }
+    cv = conv_of(x.shape, w.shape, geom, out[2:])
+    for threads in sorted({1, THREADS}):
+        fastconv.set_num_threads(threads)
+        bound = getattr(direct, f"{prim}_bound")(cv, 4)
+        with fastconv.workspace_limit(bound + 1):
+            assert getattr(direct, f"{prim}_scratch")(cv, 4) == bound
+            _, extra = _peak_extra(calls[prim])
+        assert extra <= bound + OVERHEAD, f"direct {prim} {shape} {threads} threads: {extra} bytes > bound {bound}"
+        # not absurdly loose (at one thread: with more, how many tasks overlap depends on the scheduling)
+        if threads == 1 and bound > 4 * OVERHEAD:  # (tiny bounds are dominated by the Python side)
+            assert bound < 4 * extra, f"direct {prim} {shape}: bound {bound} is > 4x the measured {extra}"
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_backward"])
+def test_direct_refuses_a_limit_below_its_scratch_and_auto_goes_elsewhere(op):
+    x, w, dy, _, _ = _operands(np.float32)
+    with fastconv.workspace_limit(None):
+        e = fastconv.explain(op, x.shape, w.shape, **KW)
+    need = next(c for c in e.candidates if c.name == "direct").scratch_bytes
+    assert need > 0
+    calls = {
+        "conv2d": lambda s: fastconv.conv2d(x, w, **KW, strategy=s),
+        "conv2d_backward": lambda s: fastconv.conv2d_backward(dy, x, w, **KW, strategy=s),
+    }
+    with fastconv.workspace_limit(need - 1):
+        with pytest.raises(fastconv.WorkspaceTooSmallError, match="direct"):
+            calls[op]("direct")
+        e = fastconv.explain(op, x.shape, w.shape, **KW)
+        assert next(c for c in e.candidates if c.name == "direct").scratch_bytes is None
+        assert e.strategy != "direct"
+        got = calls[op]("auto")
+    want = calls[op]("direct")  # (the default limit)
+    for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_max_pool_window_beyond_int32_taps_is_refused():

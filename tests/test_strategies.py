@@ -195,12 +195,21 @@ def test_limit_below_one_tile_raises_and_auto_avoids_the_strategy(strategy_name)
         for run in prims.values():
             with pytest.raises(fastconv.WorkspaceTooSmallError, match="workspace limit 64 bytes"):
                 run(strategy_name)
+        # nothing fits 64 bytes ("direct"'s scratch counts too): "auto" names "direct", which raises as well
         assert fastconv.choose_strategy("conv2d_backward", xs, ws, **kw, dtype="float64") == "direct"
         x = np.ones(xs)
         w = np.ones(ws)
-        np.testing.assert_array_equal(
-            fastconv.conv2d(x, w, **kw), fastconv.conv2d(x, w, **kw, strategy="direct")
-        )
+        with pytest.raises(fastconv.WorkspaceTooSmallError, match="direct forward needs"):
+            fastconv.conv2d(x, w, **kw)
+    with fastconv.workspace_limit(None):
+        need = next(c for c in fastconv.explain("conv2d", xs, ws, **kw, dtype="float64").candidates
+                    if c.name == "direct").scratch_bytes
+    with fastconv.workspace_limit(need):  # "direct" fits; auto avoids the GEMM strategy when that does not
+        e = fastconv.explain("conv2d", xs, ws, **kw, dtype="float64")
+        if next(c for c in e.candidates if c.name == strategy_name).scratch_bytes is None:
+            assert e.strategy != strategy_name
+        np.testing.assert_allclose(fastconv.conv2d(x, w, **kw), fastconv.conv2d(x, w, **kw, strategy="direct"),
+                                   rtol=1e-12)
 
 
 def test_workspace_limit_config(monkeypatch):

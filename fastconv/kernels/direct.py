@@ -42,9 +42,12 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from .._config import WorkspaceTooSmallError, get_workspace_limit
 from .._options import kernel, parallel_kernel
 from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
+from .._threads import get_num_threads
+from ._tiles import Conv, conv_of
 
 #: Elements of one accumulation run (rows of output are grouped into runs of about this length).
 _RUN = 4096
@@ -488,6 +491,7 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
     oh, ow = out_hw
     if n == 0 or oh <= 0 or ow <= 0:
         return np.zeros((n, m, max(oh, 0), max(ow, 0)), dtype=x.dtype)
+    _fits("forward", forward_bound(conv_of(x.shape, w.shape, geom, out_hw), x.dtype.itemsize))
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     pt, _, pl, _ = geom.pad
     g = geom.groups
@@ -789,6 +793,8 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
     h, wd_ = x_hw
     if n == 0 or h <= 0 or wd_ <= 0:
         return np.zeros((n, cg * g, max(h, 0), max(wd_, 0)), dtype=dy.dtype)
+    _fits("backward_data", backward_data_bound(conv_of((n, cg * g, h, wd_), w.shape, geom, (oh, ow)),
+                                                 dy.dtype.itemsize))
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     pt, _, pl, _ = geom.pad
     mg = m // g
@@ -901,6 +907,8 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     kh, kw = k_hw
     if n == 0 or oh <= 0 or ow <= 0:
         return np.zeros((m, cg, kh, kw), dtype=dy.dtype)
+    _fits("backward_filter", backward_filter_bound(conv_of(x.shape, (m, cg, kh, kw), geom, (oh, ow)),
+                                                     dy.dtype.itemsize))
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     pt, _, pl, _ = geom.pad
     _, hq = _blocks(kh, dh, sh, pt, oh)
@@ -913,6 +921,118 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
     for b in range(1, nblk):  # the image blocks' partial sums, always in this order
         dwt += partial[b]
     return dwt.reshape(m, cg, kh, kw)
+
+
+# --------------------------------------------------------------------------- scratch bounds (the workspace limit)
+#
+# Upper bounds, derived from the kernels above, on the bytes a primitive allocates besides its inputs and its
+# result, per running task (at most min(threads, tasks) run at once).  Each task's arrays count twice (numba frees
+# a task's arrays when the next task's replace them, so a thread can hold two tasks' at once), kn2row's three
+# times: measured, it holds three Z per thread (1 or 2 threads, 1 to 64 images; tests/test_memory.py).
+# The Python side's index tables (int64 tap offsets and their temporaries) count as _IDX arrays of the taps.
+
+#: Tap-sized int64 arrays alive at once while the index tables are built (meshgrid / repeat / tile temporaries).
+_IDX = 8
+#: Bytes per tap of backward_data's tap lists (two Python lists of ints, ~40 bytes an entry, plus 5 arrays).
+_LIST = 2 * 48 + 5 * 8
+
+
+def _per_tasks(tasks: int, elems: int, isz: int, held: int = 2) -> int:
+    return held * min(max(1, get_num_threads()), max(1, tasks)) * elems * isz
+
+
+def _acc(mpp: int, rows_len: int) -> int:
+    """Elements of the forward / backward_filter accumulator: four rows of _ROW, or one run."""
+    return max(_MB * _ROW if mpp >= _MB else 0, -(-rows_len // _VEC) * _VEC)
+
+
+def _mpp(mg: int, nparts: int) -> int:
+    mpp = -(-mg // nparts)
+    return -(-mpp // _MB) * _MB if mpp > _MB else mpp
+
+
+def forward_bound(cv: Conv, isz: int) -> int:
+    """Upper bound on the scratch bytes :func:`forward` allocates for ``cv`` (0 for an empty output)."""
+    if cv.n == 0 or cv.oh <= 0 or cv.ow <= 0:
+        return 0
+    cg, mg, g, kk = cv.cg, cv.mg, cv.g, cv.kk
+    nt = cg * kk
+    nparts = _parts(cv.n * g, mg)
+    tasks = cv.n * g * nparts
+    if cv.sh == cv.sw == 1 and cv.ow == cv.w:  # _same_width: two tap-index arrays per task
+        return _IDX * nt * 8 + _per_tasks(tasks, 2 * nt, 8)
+    _, hq = _blocks(cv.kh, cv.dh, cv.sh, cv.pt, cv.oh)
+    _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
+    unpadded = cv.sh == cv.sw == 1 and cv.pt == cv.pl == 0 and wq == cv.w and hq <= cv.h
+    plane = 0 if unpadded else cg * cv.sh * cv.sw * hq * wq + _VEC
+    rows = max(1, min(cv.oh, _RUN // wq))
+    return _IDX * nt * 8 + _per_tasks(tasks, plane + _acc(_mpp(mg, nparts), rows * wq), isz)
+
+
+def backward_data_bound(cv: Conv, isz: int) -> int:
+    """Upper bound on the scratch bytes :func:`backward_data` allocates for ``cv`` (0 for an empty result)."""
+    if cv.n == 0 or cv.h <= 0 or cv.w <= 0:
+        return 0
+    cg, mg, g, kk = cv.cg, cv.mg, cv.g, cv.kk
+    nt = mg * kk
+    tasks = cv.n * g * _parts(cv.n * g, cg)
+    wcopy = cv.m * cg * kk * isz  # the weight, transposed
+    if mg >= 8 and kk >= _MB and cv.ow <= _RUN:  # kn2row: dy planes in dx's row length (stride 1), Z
+        flat = cv.sh == cv.sw == 1 and cv.w > cv.ow
+        src = mg * cv.oh * cv.w if flat else 0
+        return wcopy + _per_tasks(tasks, src + _MB * _ROW, isz, 3)
+    if cv.sh == cv.sw == 1 and cv.w == cv.ow:  # _same_width on dy
+        return wcopy + _IDX * nt * 8 + _per_tasks(tasks, 2 * nt, 8)
+    _, rlens, ptd, pbd = _phase_taps(cv.kh, cv.dh, cv.sh, cv.pt, cv.h, cv.oh)
+    _, _, pld, prd = _phase_taps(cv.kw, cv.dw, cv.sw, cv.pl, cv.w, cv.ow)
+    hd, wdd = cv.oh + ptd + pbd, cv.ow + pld + prd
+    rows = max(1, min(max(rlens), _RUN // wdd))
+    per = mg * hd * wdd + _VEC + -(-rows * wdd // _VEC) * _VEC + nt
+    return nt * _LIST + _per_tasks(tasks, per, isz)
+
+
+def backward_filter_bound(cv: Conv, isz: int) -> int:
+    """Upper bound on the scratch bytes :func:`backward_filter` allocates for ``cv`` (0 for an empty dy)."""
+    if cv.n == 0 or cv.oh <= 0 or cv.ow <= 0:
+        return 0
+    cg, mg, g, kk = cv.cg, cv.mg, cv.g, cv.kk
+    _, hq = _blocks(cv.kh, cv.dh, cv.sh, cv.pt, cv.oh)
+    _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
+    nblk = min(cv.n, _NBLOCKS)
+    nparts = _parts(nblk * g, mg)
+    rows = max(1, min(cv.oh, _RUN // wq))
+    per = cg * cv.sh * cv.sw * hq * wq + _VEC + _acc(_mpp(mg, nparts), rows * wq)
+    partial = nblk * cv.m * cg * kk * isz  # per-image-block partial sums (the result is a copy of the first)
+    return partial + _IDX * cg * kk * 8 + _per_tasks(nblk * g * nparts, per, isz)
+
+
+def _within(need: int) -> int | None:
+    return need if need <= get_workspace_limit() else None
+
+
+def forward_scratch(cv: Conv, isz: int) -> int | None:
+    """Scratch bytes (an upper bound) :func:`forward` allocates for ``cv`` now (None: does not fit the limit)."""
+    return _within(forward_bound(cv, isz))
+
+
+def backward_data_scratch(cv: Conv, isz: int) -> int | None:
+    """Scratch bytes (an upper bound) :func:`backward_data` allocates for ``cv`` now (None: does not fit)."""
+    return _within(backward_data_bound(cv, isz))
+
+
+def backward_filter_scratch(cv: Conv, isz: int) -> int | None:
+    """Scratch bytes (an upper bound) :func:`backward_filter` allocates for ``cv`` now (None: does not fit)."""
+    return _within(backward_filter_bound(cv, isz))
+
+
+def _fits(prim: str, need: int) -> None:
+    """Raise :class:`WorkspaceTooSmallError` (before allocating) when ``need`` bytes exceed the workspace limit."""
+    if need > get_workspace_limit():
+        raise WorkspaceTooSmallError(
+            f"direct {prim} needs {need} bytes of scratch memory at {get_num_threads()} threads, more than the "
+            f"workspace limit {get_workspace_limit()} bytes; raise it with fastconv.set_workspace_limit(), use "
+            "fewer threads (fastconv.set_num_threads()) or another strategy"
+        )
 
 
 DIRECT = register(
