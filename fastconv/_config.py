@@ -76,9 +76,10 @@ def set_workspace_limit(nbytes: int | None) -> None:
     Parameters
     ----------
     nbytes : int or None
-        Upper bound, in bytes, on the scratch memory one call of the "im2col" or "col2im"
-        strategy allocates.  Smaller limits make those strategies process smaller tiles
-        (same results up to floating-point summation order, see docs/strategies.md).
+        Upper bound, in bytes, on the scratch memory one call of a strategy allocates.  Smaller
+        limits make "im2col" and "col2im" process smaller tiles (same results up to
+        floating-point summation order, see docs/strategies.md); "direct", whose scratch is a
+        few images' planes per thread, refuses to run below its bound.
     """
     global _limit
     _limit = DEFAULT_WORKSPACE_BYTES if nbytes is None else as_int("nbytes", nbytes, 1)

@@ -263,7 +263,8 @@ class Ranges(Lazy):
 def too_small(what: str, need: int) -> WorkspaceTooSmallError:
     return WorkspaceTooSmallError(
         f"{what} needs at least {need} bytes of scratch memory, more than the workspace limit "
-        f"{get_workspace_limit()} bytes; raise it with fastconv.set_workspace_limit() or use strategy='direct'"
+        f"{get_workspace_limit()} bytes; raise it with fastconv.set_workspace_limit() or use another strategy "
+        "(fastconv.explain(...) lists each strategy's scratch)"
     )
 
 
