@@ -650,32 +650,14 @@ def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, geo, s_n, s_r):
 @kernel
 def _rows_add(xf, d0, src, s0, nrows, ow_, drow, lo, hi, sw):
     """``nrows`` rows: ``xf[d0 + r*drow + q*sw] += src[s0 + r*OW + q]`` for columns ``lo <= q < hi``."""
+    if sw == 1:  # contiguous on both sides: the shift-and-add rows
+        _rows_shift_add(xf, d0 + lo, drow, src, s0 + lo, ow_, nrows, hi - lo, 1)
+        return
     d = d0 + lo * sw
     s = s0 + lo
     n = hi - lo
-    if sw == 1 and n >= 8 and n < 32:  # short rows: 8-wide adds, then the tail
-        full = _U(n - n % 8)
-        ud = _U(d)
-        us = _U(s)
-        for _ in range(nrows):
-            k = _U(0)
-            while k < full:
-                _add8(xf, ud + k, src, us + k)
-                k += _U(8)
-            if n % 8 >= 4:
-                _add4(xf, ud + k, src, us + k)
-                k += _U(4)
-            while k < _U(n):
-                xf[ud + k] += src[us + k]
-                k += _U(1)
-            ud += _U(drow)
-            us += _U(ow_)
-        return
     for _ in range(nrows):
-        if sw == 1:
-            _add(xf, d, src, s, n)
-        else:
-            _add_strided(xf, d, src, s, n, sw)
+        _add_strided(xf, d, src, s, n, sw)
         d += drow
         s += ow_
 
