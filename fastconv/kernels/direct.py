@@ -39,6 +39,8 @@ The task split never depends on the thread count.  Kernels run numba's static sc
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import prange
 
@@ -48,6 +50,8 @@ from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
 from .._threads import get_num_threads
 from ._tiles import Conv, conv_of
+from ._ukernel import MR as _MR
+from ._ukernel import columns, tile_taps
 
 #: Elements of one accumulation run (rows of output are grouped into runs of about this length).
 _RUN = 4096
@@ -59,6 +63,11 @@ _NBLOCKS = 8
 #: distance between their rows in one buffer: a known distance lets LLVM vectorise the four streams.
 _MB = 4
 _ROW = _RUN + 64
+#: Output columns of one micro-kernel call (float32, float64).
+_NR32, _NR64 = columns(4), columns(8)
+#: Bytes of a micro-kernel task's input scratch / of one run of packed weights that should stay in L2.
+_SCRATCH_L2 = 512 * 1024
+_WEIGHTS_L2 = 384 * 1024
 #: Runs are rounded up to a multiple of this many elements (the vector loops' unrolled step, so that no
 #: scalar remainder loop runs); scratch buffers carry this many extra elements at their end.
 _VEC = 32
@@ -465,6 +474,86 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
     return y
 
 
+@parallel_kernel
+def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, cblk, nr):
+    """Forward by the register-blocked micro-kernel :func:`._ukernel.tile_taps`.
+
+    One task per (image, group, chunk of ``rows`` output rows): the task fills the polyphase
+    scratch rows its outputs read (``hq`` rows per phase block), then for each run of ``cblk``
+    blocks of ``MR`` output channels (whose packed weights ``ap[g, b]`` then stay in cache) and
+    each panel of ``NR`` consecutive output columns in the scratch's row length ``wq``, computes
+    ``MR x NR`` outputs over all taps in registers and copies the valid columns out.
+    """
+    n_, c_ = x.shape[0], x.shape[1]
+    nmb = ap.shape[1]
+    nt = offs.shape[0]
+    cg = c_ // groups
+    mg = m_ // groups
+    plane = sh * sw * hq * wq
+    nchunk = (oh_ + rows - 1) // rows
+    y = np.empty((n_, m_, oh_, ow_), dtype=x.dtype)
+    for t in prange(n_ * groups * nchunk):
+        ch = t % nchunk
+        r = t // nchunk
+        g = r % groups
+        n = r // groups
+        oh0 = ch * rows
+        nrow = min(rows, oh_ - oh0)
+        s = np.empty(cg * plane + nr, dtype=x.dtype)
+        s[cg * plane:] = 0  # (read only into junk columns)
+        _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt - oh0 * sh, pl, hq, wq)
+        ct = np.empty(_MR * nr, dtype=x.dtype)
+        jn = (nrow - 1) * wq + ow_
+        for b0 in range(0, nmb, cblk):
+            for j0 in range(0, jn, nr):
+                j1 = min(j0 + nr, jn)
+                for b in range(b0, min(b0 + cblk, nmb)):
+                    tile_taps(ap[g, b], s, j0, offs, ct, nt)
+                    for i in range(min(_MR, mg - b * _MR)):
+                        yc = y[n, g * mg + b * _MR + i]
+                        ci = i * nr - j0
+                        for rr in range(j0 // wq, (j1 - 1) // wq + 1):
+                            lo = max(j0, rr * wq)
+                            hi = min(j1, rr * wq + ow_)
+                            yr = yc[oh0 + rr]
+                            for v in range(lo, hi):
+                                yr[v - rr * wq] = ct[ci + v]
+    return y
+
+
+def _pack_weights(w2: np.ndarray, groups: int) -> np.ndarray:
+    """``ap[g, b, k * MR + r] = w2[g * mg + b * MR + r, k]`` (zero beyond the group's channels)."""
+    m, k = w2.shape
+    mg = m // groups
+    nmb = -(-mg // _MR)
+    wp = np.zeros((groups, nmb * _MR, k), dtype=w2.dtype)
+    wp[:, :mg] = w2.reshape(groups, mg, k)
+    return np.ascontiguousarray(wp.reshape(groups, nmb, _MR, k).transpose(0, 1, 3, 2)).reshape(groups, nmb, k * _MR)
+
+
+def _use_tiles(cv: Conv) -> bool:
+    """Whether :func:`forward` runs the micro-kernel (enough output channels and taps to fill its registers)."""
+    return os.environ.get("FASTCONV_NO_TILES") is None and cv.mg >= _MR // 2 and cv.cg * cv.kk >= 8
+
+
+def _tiles_plan(cv: Conv, isz: int) -> tuple[int, int, int]:
+    """(output rows per task, phase-block rows of its scratch, channel blocks per weight run) of the micro-kernel
+    forward."""
+    nr = _NR32 if isz == 4 else _NR64
+    _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
+    reach = (cv.kh - 1) * cv.dh // cv.sh
+    per_row = cv.cg * cv.sh * cv.sw * wq  # scratch elements per output row
+    rows = cv.oh
+    # enough tasks for the threads (a count independent of them), each with at least two panels of columns
+    while rows > 1 and cv.n * cv.g * -(-cv.oh // rows) < _TASKS and (rows // 2) * wq >= 2 * nr:
+        rows = -(-rows // 2)
+    while rows > 1 and (rows + reach) * per_row * isz > _SCRATCH_L2:
+        rows = -(-rows // 2)
+    kmr = cv.cg * cv.kk * _MR * isz
+    cblk = max(1, _WEIGHTS_L2 // kmr)
+    return rows, rows + reach, cblk
+
+
 def _blocks(k: int, d: int, s: int, before: int, out: int) -> tuple[int, int]:
     """(rows needed of the padded input, rows per phase block) of one axis."""
     need = (out - 1) * s + (k - 1) * d + 1
@@ -497,6 +586,13 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
     g = geom.groups
     nparts = _parts(n * g, m // g)
     w2 = w.reshape(m, cg * kh * kw)
+    cv = conv_of(x.shape, w.shape, geom, out_hw)
+    if _use_tiles(cv):
+        rows, hq, cblk = _tiles_plan(cv, x.dtype.itemsize)
+        _, wq = _blocks(kw, dw, sw, pl, ow)
+        offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
+        return _run(_forward_tiles_kernel, x, _pack_weights(w2, g), offs, m, sh, sw, pt, pl, g, hq, wq, oh, ow, rows,
+                    cblk, _NR32 if x.dtype.itemsize == 4 else _NR64)
     if (sh, sw) == (1, 1) and geom.pad[2] + geom.pad[3] == (kw - 1) * dw and ow == x.shape[3]:
         # each output row as long as an input row: runs straight from x into y, borders exact
         ro = np.repeat(np.arange(kh) * dh - pt, kw)

@@ -1,0 +1,123 @@
+"""A register-blocked multiply-add micro-kernel written in LLVM IR (a numba intrinsic).
+
+numba's loop vectoriser keeps accumulators in memory when they are array elements, and
+prefers 256-bit vectors even where the CPU has 512-bit ones; a GEMM-like loop nest written
+in Python-numba therefore stalls at about a third of the machine's multiply-add rate.
+:func:`tile_taps` is the inner block of a convolution written directly in LLVM IR with
+explicit vector types: ``MR x NV`` vector accumulators live in registers for the whole
+reduction, each step loads ``NV`` vectors of the input and broadcasts ``MR`` weights::
+
+    ct[r, j] = sum_k  ap[k, r] * s[base + offs[k] + j]        r < MR, j < NR = NV * LANES
+
+``s`` is a flattened (zero-padded, polyphase) input scratch as in kernels/direct.py, so every
+tap ``k`` of the convolution is one offset and ``j`` runs over consecutive output columns (in
+the scratch's row length).  ``ap`` holds ``MR`` output channels' weights interleaved tap by tap.
+
+The vector width follows the CPU numba compiles for (``numba.config.CPU_NAME`` /
+``CPU_FEATURES`` if set, else the host): 512-bit with AVX-512F (``MR = 8``, ``NV = 3``:
+24 of 32 registers accumulate), 256-bit with AVX (``MR = 6``, ``NV = 2``: 12 of 16),
+128-bit otherwise.  The constants are fixed at import; numba's disk cache is keyed by the
+CPU too, so a cached kernel always matches them.  Sums are taken tap by tap in order for
+every output element, so results do not depend on the blocking or the thread count.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+def _vector_bits() -> int:
+    """Widest float vector the compile target has: 512, 256 or 128 bits."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        if numba.config.CPU_NAME not in (None, "host"):
+            return 128  # a named generic CPU (portable cache): no feature list to trust
+        features = llvm.get_host_cpu_features().flatten()
+    feats = set(features.split(","))
+    if "+avx512f" in feats:
+        return 512
+    if "+avx" in feats:
+        return 256
+    return 128
+
+
+VECTOR_BITS = _vector_bits()
+#: Output channels per micro-kernel call.
+MR = 8 if VECTOR_BITS == 512 else 6 if VECTOR_BITS == 256 else 4
+#: Vectors of output columns per micro-kernel call.
+NV = 3 if VECTOR_BITS == 512 else 2
+
+
+def lanes(itemsize: int) -> int:
+    """Elements per vector for an item size in bytes."""
+    return VECTOR_BITS // (8 * itemsize)
+
+
+def columns(itemsize: int) -> int:
+    """Output columns per micro-kernel call (``NR``)."""
+    return NV * lanes(itemsize)
+
+
+@intrinsic
+def tile_taps(typingctx, ap, s, base, offs, ct, kc):
+    """``ct[r*NR + j] = sum_{k < kc} ap[k*MR + r] * s[base + offs[k] + j]`` for r < MR, j < NR.
+
+    ``ap``, ``s``, ``ct``: 1-D C-contiguous arrays of one float dtype; ``offs``: int64 1-D;
+    ``base`` and ``kc``: integers.  No bounds are checked: the caller guarantees that
+    ``s[base + offs[k] : ... + NR]`` lies inside ``s`` for every k < kc.
+    """
+    if not all(isinstance(a, types.Array) for a in (ap, s, ct, offs)):
+        return None
+    if not (ap.dtype == s.dtype == ct.dtype) or ap.dtype not in (types.float32, types.float64):
+        return None
+    sig = types.void(ap, s, base, offs, ct, kc)
+    isz = ap.dtype.bitwidth // 8
+    width = lanes(isz)
+    nr = NV * width
+
+    def codegen(context, builder, signature, args):
+        fty = context.get_value_type(signature.args[0].dtype)
+        vty = ir.VectorType(fty, width)
+        i64 = ir.IntType(64)
+        a = context.make_array(signature.args[0])(context, builder, args[0]).data
+        src = context.make_array(signature.args[1])(context, builder, args[1]).data
+        off = context.make_array(signature.args[3])(context, builder, args[3]).data
+        c = context.make_array(signature.args[4])(context, builder, args[4]).data
+        base_v = context.cast(builder, args[2], signature.args[2], types.int64)
+        n = context.cast(builder, args[5], signature.args[5], types.int64)
+        suffix = f"v{width}{fty.intrinsic_name}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), "llvm.fma." + suffix)
+        accs = []
+        for _ in range(MR * NV):
+            p = cgutils.alloca_once(builder, vty)
+            builder.store(ir.Constant(vty, None), p)
+            accs.append(p)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+        undef = ir.Constant(vty, ir.Undefined)
+        with cgutils.for_range(builder, n) as loop:
+            k = loop.index
+            start = builder.add(base_v, builder.load(builder.gep(off, [k])))
+            cols = []
+            for v in range(NV):
+                pv = builder.gep(src, [builder.add(start, ir.Constant(i64, v * width))])
+                cols.append(builder.load(builder.bitcast(pv, vty.as_pointer()), align=isz))
+            arow = builder.mul(k, ir.Constant(i64, MR))
+            for r in range(MR):
+                w = builder.load(builder.gep(a, [builder.add(arow, ir.Constant(i64, r))]))
+                wv = builder.shuffle_vector(builder.insert_element(undef, w, ir.Constant(ir.IntType(32), 0)), undef,
+                                            splat)
+                for v in range(NV):
+                    p = accs[r * NV + v]
+                    builder.store(builder.call(fma, [wv, cols[v], builder.load(p)]), p)
+        for r in range(MR):
+            for v in range(NV):
+                pv = builder.gep(c, [ir.Constant(i64, r * nr + v * width)])
+                builder.store(builder.load(accs[r * NV + v]), builder.bitcast(pv, vty.as_pointer()), align=isz)
+        return context.get_dummy_value()
+
+    return sig, codegen
