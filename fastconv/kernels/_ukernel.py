@@ -63,40 +63,35 @@ def columns(itemsize: int) -> int:
     return NV * lanes(itemsize)
 
 
-@intrinsic
-def tile_taps(typingctx, ap, s, base, offs, ct, kc):
-    """``ct[r*NR + j] = sum_{k < kc} ap[k*MR + r] * s[base + offs[k] + j]`` for r < MR, j < NR.
-
-    ``ap``, ``s``, ``ct``: 1-D C-contiguous arrays of one float dtype; ``offs``: int64 1-D;
-    ``base`` and ``kc``: integers.  No bounds are checked: the caller guarantees that
-    ``s[base + offs[k] : ... + NR]`` lies inside ``s`` for every k < kc.
-    """
-    if not all(isinstance(a, types.Array) for a in (ap, s, ct, offs)):
-        return None
-    if not (ap.dtype == s.dtype == ct.dtype) or ap.dtype not in (types.float32, types.float64):
-        return None
-    sig = types.void(ap, s, base, offs, ct, kc)
-    isz = ap.dtype.bitwidth // 8
-    width = lanes(isz)
+def _codegen(width: int, isz: int):
+    """LLVM IR builder of :func:`tile_taps`."""
     nr = NV * width
 
     def codegen(context, builder, signature, args):
-        fty = context.get_value_type(signature.args[0].dtype)
+        ap, bp, base, offs, ct, kc, accumulate = args
+        tap, tbp, tbase, toffs, tct, tkc, tacc = signature.args
+        fty = context.get_value_type(tap.dtype)
         vty = ir.VectorType(fty, width)
+        vptr = vty.as_pointer()
         i64 = ir.IntType(64)
-        a = context.make_array(signature.args[0])(context, builder, args[0]).data
-        src = context.make_array(signature.args[1])(context, builder, args[1]).data
-        off = context.make_array(signature.args[3])(context, builder, args[3]).data
-        c = context.make_array(signature.args[4])(context, builder, args[4]).data
-        base_v = context.cast(builder, args[2], signature.args[2], types.int64)
-        n = context.cast(builder, args[5], signature.args[5], types.int64)
-        suffix = f"v{width}{fty.intrinsic_name}"
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), "llvm.fma." + suffix)
-        accs = []
-        for _ in range(MR * NV):
-            p = cgutils.alloca_once(builder, vty)
-            builder.store(ir.Constant(vty, None), p)
-            accs.append(p)
+        a = context.make_array(tap)(context, builder, ap).data
+        b = context.make_array(tbp)(context, builder, bp).data
+        c = context.make_array(tct)(context, builder, ct).data
+        n = context.cast(builder, kc, tkc, types.int64)
+        off = context.make_array(toffs)(context, builder, offs).data
+        base_v = context.cast(builder, base, tbase, types.int64)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                             f"llvm.fma.v{width}{fty.intrinsic_name}")
+        accs = [cgutils.alloca_once(builder, vty) for _ in range(MR * NV)]
+        cptrs = [builder.bitcast(builder.gep(c, [ir.Constant(i64, (i // NV) * nr + (i % NV) * width)]), vptr)
+                 for i in range(MR * NV)]
+        with builder.if_else(context.cast(builder, accumulate, tacc, types.boolean)) as (then, otherwise):
+            with then:
+                for p, q in zip(accs, cptrs, strict=True):
+                    builder.store(builder.load(q, align=isz), p)
+            with otherwise:
+                for p in accs:
+                    builder.store(ir.Constant(vty, None), p)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
         undef = ir.Constant(vty, ir.Undefined)
         with cgutils.for_range(builder, n) as loop:
@@ -104,8 +99,8 @@ def tile_taps(typingctx, ap, s, base, offs, ct, kc):
             start = builder.add(base_v, builder.load(builder.gep(off, [k])))
             cols = []
             for v in range(NV):
-                pv = builder.gep(src, [builder.add(start, ir.Constant(i64, v * width))])
-                cols.append(builder.load(builder.bitcast(pv, vty.as_pointer()), align=isz))
+                pv = builder.gep(b, [builder.add(start, ir.Constant(i64, v * width))])
+                cols.append(builder.load(builder.bitcast(pv, vptr), align=isz))
             arow = builder.mul(k, ir.Constant(i64, MR))
             for r in range(MR):
                 w = builder.load(builder.gep(a, [builder.add(arow, ir.Constant(i64, r))]))
@@ -114,10 +109,32 @@ def tile_taps(typingctx, ap, s, base, offs, ct, kc):
                 for v in range(NV):
                     p = accs[r * NV + v]
                     builder.store(builder.call(fma, [wv, cols[v], builder.load(p)]), p)
-        for r in range(MR):
-            for v in range(NV):
-                pv = builder.gep(c, [ir.Constant(i64, r * nr + v * width)])
-                builder.store(builder.load(accs[r * NV + v]), builder.bitcast(pv, vty.as_pointer()), align=isz)
+        for p, q in zip(accs, cptrs, strict=True):
+            builder.store(builder.load(p), q, align=isz)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+def _float_arrays(*arrays) -> int | None:
+    """Item size of the common float dtype of ``arrays`` (None: not all float arrays of one dtype)."""
+    if not all(isinstance(a, types.Array) for a in arrays):
+        return None
+    dtypes = {a.dtype for a in arrays}
+    if len(dtypes) != 1 or arrays[0].dtype not in (types.float32, types.float64):
+        return None
+    return arrays[0].dtype.bitwidth // 8
+
+
+@intrinsic
+def tile_taps(typingctx, ap, s, base, offs, ct, kc, accumulate):
+    """``ct[r*NR + j] (+)= sum_{k < kc} ap[k*MR + r] * s[base + offs[k] + j]`` for r < MR, j < NR.
+
+    ``ap``, ``s``, ``ct``: 1-D C-contiguous arrays of one float dtype; ``offs``: int64 1-D;
+    ``base`` and ``kc``: integers; ``accumulate``: add to ``ct`` (else overwrite it).  No bounds
+    are checked: the caller guarantees ``s[base + offs[k] : ... + NR]`` lies inside ``s``.
+    """
+    isz = _float_arrays(ap, s, ct)
+    if isz is None or not isinstance(offs, types.Array):
+        return None
+    return types.void(ap, s, base, offs, ct, kc, accumulate), _codegen(lanes(isz), isz)

@@ -475,14 +475,17 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
 
 
 @parallel_kernel
-def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, cblk, nr):
+def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, cblk, unpadded, nr):
     """Forward by the register-blocked micro-kernel :func:`._ukernel.tile_taps`.
 
     One task per (image, group, chunk of ``rows`` output rows): the task fills the polyphase
-    scratch rows its outputs read (``hq`` rows per phase block), then for each run of ``cblk``
-    blocks of ``MR`` output channels (whose packed weights ``ap[g, b]`` then stay in cache) and
-    each panel of ``NR`` consecutive output columns in the scratch's row length ``wq``, computes
-    ``MR x NR`` outputs over all taps in registers and copies the valid columns out.
+    scratch rows its outputs read (``hq`` rows per phase block; with stride 1 and no padding it
+    reads the input planes in place), then for each run of ``cblk`` blocks of ``MR`` output
+    channels (whose packed weights ``ap[g, b]`` then stay in cache) and each panel of ``NR``
+    consecutive output columns in the scratch's row length ``wq``, computes ``MR x NR`` outputs
+    over all taps in registers and copies the valid columns out.  A last panel that would read
+    past the input planes is moved back to end at the last output (recomputing a few outputs of
+    the panel before it, with the same values).
     """
     n_, c_ = x.shape[0], x.shape[1]
     nmb = ap.shape[1]
@@ -499,19 +502,23 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
         n = r // groups
         oh0 = ch * rows
         nrow = min(rows, oh_ - oh0)
-        s = np.empty(cg * plane + nr, dtype=x.dtype)
-        s[cg * plane:] = 0  # (read only into junk columns)
-        _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt - oh0 * sh, pl, hq, wq)
-        ct = np.empty(_MR * nr, dtype=x.dtype)
         jn = (nrow - 1) * wq + ow_
+        if unpadded and jn >= nr:
+            s = x[n].reshape(c_ * plane)[g * cg * plane + oh0 * wq:]
+        else:
+            s = np.empty(cg * plane + nr, dtype=x.dtype)
+            s[cg * plane:] = 0  # (read only into junk columns)
+            _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt - oh0 * sh, pl, hq, wq)
+        ct = np.empty(_MR * nr, dtype=x.dtype)
         for b0 in range(0, nmb, cblk):
             for j0 in range(0, jn, nr):
                 j1 = min(j0 + nr, jn)
+                js = min(j0, jn - nr) if unpadded and jn >= nr else j0  # (in place: never read past the planes)
                 for b in range(b0, min(b0 + cblk, nmb)):
-                    tile_taps(ap[g, b], s, j0, offs, ct, nt)
+                    tile_taps(ap[g, b], s, js, offs, ct, nt, False)
                     for i in range(min(_MR, mg - b * _MR)):
                         yc = y[n, g * mg + b * _MR + i]
-                        ci = i * nr - j0
+                        ci = i * nr - js
                         for rr in range(j0 // wq, (j1 - 1) // wq + 1):
                             lo = max(j0, rr * wq)
                             hi = min(j1, rr * wq + ow_)
@@ -529,6 +536,36 @@ def _pack_weights(w2: np.ndarray, groups: int) -> np.ndarray:
     wp = np.zeros((groups, nmb * _MR, k), dtype=w2.dtype)
     wp[:, :mg] = w2.reshape(groups, mg, k)
     return np.ascontiguousarray(wp.reshape(groups, nmb, _MR, k).transpose(0, 1, 3, 2)).reshape(groups, nmb, k * _MR)
+
+
+def _tiles_forward(x: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray:
+    """The convolution ``cv`` (with its pads on the top and left only; zeros beyond the input) by
+    :func:`_forward_tiles_kernel`."""
+    rows, hq, cblk = _tiles_plan(cv, x.dtype.itemsize)
+    _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
+    unpadded = cv.sh == cv.sw == 1 and cv.pt == cv.pl == 0 and wq == cv.w
+    if unpadded:
+        hq = cv.h
+    offs = _forward_taps(cv.cg, cv.kh, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, hq, wq)
+    ap = _pack_weights(w.reshape(cv.m, cv.cg * cv.kk), cv.g)
+    return _run(_forward_tiles_kernel, x, ap, offs, cv.m, cv.sh, cv.sw, cv.pt, cv.pl, cv.g, hq, wq, cv.oh, cv.ow,
+                rows, cblk, unpadded, _NR32 if x.dtype.itemsize == 4 else _NR64)
+
+
+def _adjoint(cv: Conv) -> Conv | None:
+    """backward_data of a stride-1 convolution as a forward one: ``dy`` padded by ``(k - 1) * d - pad`` on the top
+    and left, convolved with the flipped kernel (input and output channels swapped per group), gives ``dx``."""
+    if cv.sh != 1 or cv.sw != 1:
+        return None
+    return Conv(cv.n, cv.m, cv.oh, cv.ow, cv.c, cv.g, cv.kh, cv.kw, cv.h, cv.w, 1, 1, cv.dh, cv.dw,
+                (cv.kh - 1) * cv.dh - cv.pt, (cv.kw - 1) * cv.dw - cv.pl)
+
+
+def _flipped(w: np.ndarray, g: int) -> np.ndarray:
+    """The kernel of :func:`_adjoint`: ``wf[g*cg + c, mm, i, j] = w[g*mg + mm, c, kh-1-i, kw-1-j]``."""
+    m, cg, kh, kw = w.shape
+    wf = w.reshape(g, m // g, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(wf).reshape(g * cg, m // g, kh, kw)
 
 
 def _use_tiles(cv: Conv) -> bool:
@@ -588,11 +625,7 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
     w2 = w.reshape(m, cg * kh * kw)
     cv = conv_of(x.shape, w.shape, geom, out_hw)
     if _use_tiles(cv):
-        rows, hq, cblk = _tiles_plan(cv, x.dtype.itemsize)
-        _, wq = _blocks(kw, dw, sw, pl, ow)
-        offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
-        return _run(_forward_tiles_kernel, x, _pack_weights(w2, g), offs, m, sh, sw, pt, pl, g, hq, wq, oh, ow, rows,
-                    cblk, _NR32 if x.dtype.itemsize == 4 else _NR64)
+        return _tiles_forward(x, w, cv)
     if (sh, sw) == (1, 1) and geom.pad[2] + geom.pad[3] == (kw - 1) * dw and ow == x.shape[3]:
         # each output row as long as an input row: runs straight from x into y, borders exact
         ro = np.repeat(np.arange(kh) * dh - pt, kw)
@@ -894,6 +927,9 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     pt, _, pl, _ = geom.pad
     mg = m // g
+    adj = _adjoint(conv_of((n, cg * g, h, wd_), w.shape, geom, (oh, ow)))
+    if adj is not None and _use_tiles(adj):
+        return _tiles_forward(dy, _flipped(w, g), adj)
     if mg >= 8 and kh * kw >= _MB and ow <= _RUN:
         # many dy planes per group: reduce over them first, four taps x eight planes per pass (kn2row)
         wz = np.ascontiguousarray(w.reshape(g, mg, cg, kh * kw).transpose(0, 2, 3, 1))
@@ -1053,6 +1089,15 @@ def forward_bound(cv: Conv, isz: int) -> int:
         return 0
     cg, mg, g, kk = cv.cg, cv.mg, cv.g, cv.kk
     nt = cg * kk
+    if _use_tiles(cv):
+        nr = _NR32 if isz == 4 else _NR64
+        rows, hq, _ = _tiles_plan(cv, isz)
+        _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
+        if cv.sh == cv.sw == 1 and cv.pt == cv.pl == 0 and wq == cv.w:
+            hq = cv.h  # (in place, or a whole-plane scratch when a chunk is narrower than a panel)
+        packed = g * -(-mg // _MR) * _MR * nt * isz * 2  # the packed weights and their zero-padded copy
+        tasks = cv.n * g * -(-cv.oh // rows)
+        return _IDX * nt * 8 + packed + _per_tasks(tasks, cg * cv.sh * cv.sw * hq * wq + nr + _MR * nr, isz)
     nparts = _parts(cv.n * g, mg)
     tasks = cv.n * g * nparts
     if cv.sh == cv.sw == 1 and cv.ow == cv.w:  # _same_width: two tap-index arrays per task
@@ -1073,6 +1118,9 @@ def backward_data_bound(cv: Conv, isz: int) -> int:
     nt = mg * kk
     tasks = cv.n * g * _parts(cv.n * g, cg)
     wcopy = cv.m * cg * kk * isz  # the weight, transposed
+    adj = _adjoint(cv)
+    if adj is not None and _use_tiles(adj):
+        return wcopy + forward_bound(adj, isz)
     if mg >= 8 and kk >= _MB and cv.ow <= _RUN:  # kn2row: dy planes in dx's row length (stride 1), Z
         flat = cv.sh == cv.sw == 1 and cv.w > cv.ow
         src = mg * cv.oh * cv.w if flat else 0
