@@ -138,3 +138,76 @@ def tile_taps(typingctx, ap, s, base, offs, ct, kc, accumulate):
     if isz is None or not isinstance(offs, types.Array):
         return None
     return types.void(ap, s, base, offs, ct, kc, accumulate), _codegen(lanes(isz), isz)
+
+
+#: Rows (of ``a``) and taps per :func:`tile_dots` call: ``DR * DT`` vector accumulators.
+DR = 4
+DT = 6 if VECTOR_BITS == 512 else 3 if VECTOR_BITS == 256 else 2
+
+
+def _dots_codegen(width: int, isz: int):
+    """LLVM IR builder of :func:`tile_dots`."""
+
+    def codegen(context, builder, signature, args):
+        out, o0, ldo, a, lda, s, base, offs, plen = args
+        tout, to0, tldo, ta, tlda, ts, tbase, toffs, tplen = signature.args
+        fty = context.get_value_type(ta.dtype)
+        vty = ir.VectorType(fty, width)
+        vptr = vty.as_pointer()
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        po = context.make_array(tout)(context, builder, out).data
+        pa = context.make_array(ta)(context, builder, a).data
+        ps = context.make_array(ts)(context, builder, s).data
+        poff = context.make_array(toffs)(context, builder, offs).data
+        o0v, ldov, ldav, basev, n = (context.cast(builder, v, t, types.int64)
+                                     for v, t in ((o0, to0), (ldo, tldo), (lda, tlda), (base, tbase), (plen, tplen)))
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                             f"llvm.fma.v{width}{fty.intrinsic_name}")
+        accs = [cgutils.alloca_once(builder, vty) for _ in range(DR * DT)]
+        for p in accs:
+            builder.store(ir.Constant(vty, None), p)
+        rows = [builder.mul(ldav, ir.Constant(i64, r)) for r in range(DR)]
+        taps = [builder.add(basev, builder.load(builder.gep(poff, [ir.Constant(i64, t)]))) for t in range(DT)]
+        steps = builder.udiv(n, ir.Constant(i64, width))
+        with cgutils.for_range(builder, steps) as loop:
+            j = builder.mul(loop.index, ir.Constant(i64, width))
+            av = [builder.load(builder.bitcast(builder.gep(pa, [builder.add(rows[r], j)]), vptr), align=isz)
+                  for r in range(DR)]
+            sv = [builder.load(builder.bitcast(builder.gep(ps, [builder.add(taps[t], j)]), vptr), align=isz)
+                  for t in range(DT)]
+            for r in range(DR):
+                for t in range(DT):
+                    p = accs[r * DT + t]
+                    builder.store(builder.call(fma, [av[r], sv[t], builder.load(p)]), p)
+        for r in range(DR):
+            for t in range(DT):
+                v = builder.load(accs[r * DT + t])
+                half = width
+                while half > 1:  # pairwise halves: a fixed summation order
+                    half //= 2
+                    lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, half), list(range(half))))
+                    hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, half),
+                                                                  list(range(half, 2 * half))))
+                    v = builder.fadd(lo, hi)
+                total = builder.extract_element(v, ir.Constant(i32, 0))
+                idx = builder.add(o0v, builder.add(builder.mul(ldov, ir.Constant(i64, r)), ir.Constant(i64, t)))
+                q = builder.gep(po, [idx])
+                builder.store(builder.fadd(builder.load(q), total), q)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def tile_dots(typingctx, out, o0, ldo, a, lda, s, base, offs, plen):
+    """``out[o0 + r*ldo + t] += sum_{j < plen} a[r*lda + j] * s[base + offs[t] + j]`` for r < DR, t < DT.
+
+    ``out``, ``a``, ``s``: 1-D C-contiguous arrays of one float dtype; ``offs``: int64 1-D; the rest
+    integers; ``plen`` a multiple of the vector width (``lanes(itemsize)``).  The sum over ``j`` runs
+    lane-wise in vector order, then over the lanes in pairwise halves: a fixed order.  No bounds checks.
+    """
+    isz = _float_arrays(out, a, s)
+    if isz is None or not isinstance(offs, types.Array):
+        return None
+    return types.void(out, o0, ldo, a, lda, s, base, offs, plen), _dots_codegen(lanes(isz), isz)

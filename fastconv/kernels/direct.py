@@ -51,7 +51,8 @@ from .._registry import Strategy, register
 from .._threads import get_num_threads
 from ._tiles import Conv, conv_of
 from ._ukernel import MR as _MR
-from ._ukernel import columns, tile_taps
+from ._ukernel import DT as _DT
+from ._ukernel import columns, tile_dots, tile_taps
 
 #: Elements of one accumulation run (rows of output are grouped into runs of about this length).
 _RUN = 4096
@@ -972,12 +973,13 @@ def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, n
     mg = m_ // groups
     plane = sh * sw * hq * wq
     rows = max(1, min(oh_, _RUN // wq))
-    nt4 = taps - taps % 4
+    ntd = taps - taps % _DT
     per = (n_ + nblk - 1) // nblk
     mpp = (mg + nparts - 1) // nparts
     if mpp > _MB:  # whole blocks of output channels per task
         mpp = (mpp + _MB - 1) // _MB * _MB
     partial = np.zeros((nblk, m_, taps), dtype=dy.dtype)
+    pflat = partial.reshape(nblk * m_ * taps)
     for t in prange(nblk * groups * nparts):
         part = t % nparts
         r = t // nparts
@@ -1018,12 +1020,13 @@ def _backward_filter_kernel(dy, x, offs, sh, sw, pt, pl, groups, hq, wq, nblk, n
                             for k in range(mb):
                                 for i in range(nr):
                                     _dots(partial[nb, m + k], dq[k * _ROW + i * wq:], src[i * wq:], offs, ow_)
-                        elif mb == _MB:
+                        elif mb == _MB:  # four rows x _DT taps per micro-kernel call, the rest by _dots
+                            o0 = (nb * m_ + m) * taps
+                            for tb in range(0, ntd, _DT):
+                                tile_dots(pflat, o0 + tb, taps, dq, _ROW, src, 0, offs[tb:], _up(jn))
                             p4 = partial[nb, m:m + _MB]
-                            for t4 in range(0, nt4, 4):
-                                _dots4(p4, dq, src, offs, t4, _up(jn))
                             for k in range(_MB):
-                                _dots(p4[k, nt4:], dq[k * _ROW:], src, offs[nt4:], _up(jn))
+                                _dots(p4[k, ntd:], dq[k * _ROW:], src, offs[ntd:], _up(jn))
                         else:
                             _dots(partial[nb, m], dq, src, offs, _up(jn))
                     m += mb
