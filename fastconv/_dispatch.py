@@ -180,13 +180,13 @@ def _shape_errors(geometry, xs, ws, *args):
 #: Seconds of fixed overhead per primitive call (Python, validation, thread hand-off).
 CALL_OVERHEAD = {"direct": 20e-6, "im2col": 60e-6, "col2im": 60e-6}
 #: Single-thread float32 BLAS peak (flop/s); float64 runs at half.
-GEMM_PEAK = 80e9
+GEMM_PEAK = 150e9
 #: Seconds per BLAS call (NumPy matmul dispatch, packing set-up).
 GEMM_CALL = 3e-6
 #: Half-efficiency sizes of the GEMM's m (rows of the result), k (inner) and n (columns).
 GEMM_HALF = (6.0, 24.0, 48.0)
 #: Bytes/s of one thread's gather / scatter / shift-and-add passes.
-MEM_BW = 6e9
+MEM_BW = 9e9
 #: Bytes/s of one thread reading the product Z in col2im's shift-and-add (vectorised row adds; measured:
 #: res3x3_56's 58 MB in 3.6 ms, 1 thread).
 SHIFT_ADD_BW = 16e9
@@ -196,7 +196,13 @@ SHIFT_ADD_BW = 16e9
 #: per group; more channels = more passes over the runs from a scratch further away).  Measured on the
 #: development machine, 1 thread: dw3x3_56, lenet1, lenet2, stem7x7, res3x3_56, res3x3_14, pw1x1_28.
 DIRECT_RATE = {"forward": (22e9, 36e9, 16.0), "backward_data": (20e9, 20e9, 64.0),
-               "backward_filter": (20e9, 30e9, math.inf)}
+               "backward_filter": (20e9, 40e9, math.inf)}
+#: "direct" by the register-blocked micro-kernel (forward, stride-1 backward_data): float32 multiply-adds/s of one
+#: thread over the panels and channel blocks it computes (``direct.tiles_macs``).  Measured, 1 thread: res3x3_56
+#: forward 15.4 ms for 1.0 G multiply-adds executed.
+TILE_RATE = 60e9
+#: "direct" backward_filter: seconds per micro-kernel dot call beyond its multiply-adds (24 lane sums).
+DOTS_CALL = 5e-8
 #: "direct": bytes/s of one thread streaming its operands from memory.
 DIRECT_BW = 16e9
 #: "direct" backward_data by kn2row (>= 8 output channels per group): scatter-adds/s of one thread.
@@ -207,7 +213,7 @@ DIRECT_SCATTER = 1.5e9
 #: 53 ms), so unhedged, auto would move those to "direct", which measures 1.3-2x slower there.  With the hedge
 #: auto keeps them on the GEMM strategies and still picks "direct" where it wins clearly (depthwise, lenet1).
 #: Set it back to 1.0 once the GEMM estimates are recalibrated.
-DIRECT_HEDGE = 2.0
+DIRECT_HEDGE = 1.0
 #: The depthwise-like grouped kernels of "im2col"/"col2im": useful flop/s of one thread.
 GROUPED_RATE = 6e9
 
@@ -302,6 +308,14 @@ def _estimate_direct(prim: str, cv, isz: int, threads: int) -> tuple[float, int,
     one, four, half = DIRECT_RATE[prim]
     operands = (n * cv.c * cv.h * cv.w + n * m * cv.p) * isz
     par = max(1, min(threads, n * m))
+    from .kernels import direct
+
+    tiled = cv if prim == "forward" else direct._adjoint(cv) if prim == "backward_data" else None
+    if tiled is not None and direct._use_tiles(tiled):
+        rows = direct._tiles_plan(tiled, isz)[0]
+        tasks = tiled.n * tiled.g * -(-tiled.oh // rows)
+        t = direct.tiles_macs(tiled, isz) / (TILE_RATE * 4 / isz) + operands / DIRECT_BW
+        return t / max(1, min(threads, tasks)), useful, "register-blocked micro-kernel (MR channels x NR columns)"
     if prim == "backward_data" and mg >= 8 and kk >= 4 and cv.ow <= 4096:  # kn2row: reduce over dy, then scatter
         t = useful / 2 / (four * 4 / isz) + n * cv.c * kk * cv.p / DIRECT_SCATTER + operands / DIRECT_BW
         note = "dy planes reduced per tap (four taps x eight planes per pass), taps scatter-added"
@@ -315,7 +329,11 @@ def _estimate_direct(prim: str, cv, isz: int, threads: int) -> tuple[float, int,
         fmas = useful / 2 * (1.0 if same_width and prim == "forward" else wq / cv.ow)
         rate = (four if mg >= 4 else one) / (1 + cg / half)
     rate *= 4 / isz
-    t = (fmas / rate + operands / DIRECT_BW) / par
+    calls = 0
+    if prim == "backward_filter" and mg >= 4:  # tile_dots calls (their lane sums) over runs of <= 4096 elements
+        runs = -(-cv.oh // max(1, min(cv.oh, 4096 // wq)))
+        calls = n * cv.g * -(-mg // 4) * -(-cg * kk // 6) * runs
+    t = (fmas / rate + operands / DIRECT_BW + calls * DOTS_CALL) / par
     return DIRECT_HEDGE * t, useful, "runs straight between planes" if same_width else "runs over padded scratch planes"
 
 

@@ -99,14 +99,20 @@ def test_auto_matches_named_strategy_for_every_choice(monkeypatch):
 
 
 def test_cost_model_regions_on_the_benchmark_layers():
-    """The documented regions (docs/strategies.md): GEMM strategies for the large layers, no kn2row
-    forward on a 3-channel strided stem, col2im for transposed convolution, direct for tiny calls."""
+    """The documented regions (docs/strategies.md), where the measured gap is wide (>= 20 %): the GEMM
+    strategies for the 1x1 layer and res3x3_14's backward (many channels, small image), direct's micro-kernel
+    for the 3x3 forwards on 56x56, direct for depthwise and single-channel layers, no kn2row forward on a
+    3-channel strided stem, col2im for transposed convolution, direct for tiny calls."""
+    choices = {}
     for name, (xs, ws, kw) in BENCH.items():
         for op in ("conv2d", "conv2d_backward"):
-            choice = fastconv.choose_strategy(op, xs, ws, **kw)
-            assert choice in fastconv.STRATEGIES
-            if name in ("res3x3_56", "res3x3_14", "pw1x1_28", "dil3x3_56", "lenet2"):
-                assert choice != "direct", (name, op)
+            choices[name, op] = fastconv.choose_strategy(op, xs, ws, **kw)
+            assert choices[name, op] in fastconv.STRATEGIES
+    for key in [("pw1x1_28", "conv2d"), ("pw1x1_28", "conv2d_backward"), ("res3x3_14", "conv2d_backward")]:
+        assert choices[key] != "direct", key
+    for key in [("res3x3_56", "conv2d"), ("dil3x3_56", "conv2d"), ("dw3x3_56", "conv2d"),
+                ("dw3x3_56", "conv2d_backward"), ("lenet1", "conv2d"), ("lenet1", "conv2d_backward")]:
+        assert choices[key] == "direct", key
     assert fastconv.choose_strategy("conv2d", *BENCH["stem7x7"][:2], **BENCH["stem7x7"][2]) != "col2im"
     assert fastconv.choose_strategy("conv_transpose2d", (8, 64, 28, 28), (64, 32, 4, 4), stride=2, pad=1) == "col2im"
     assert fastconv.choose_strategy("conv2d", (1, 1, 4, 4), (1, 1, 3, 3)) == "direct"

@@ -576,20 +576,39 @@ def _use_tiles(cv: Conv) -> bool:
 
 def _tiles_plan(cv: Conv, isz: int) -> tuple[int, int, int]:
     """(output rows per task, phase-block rows of its scratch, channel blocks per weight run) of the micro-kernel
-    forward."""
+    forward.
+
+    The rows per task minimise the panels the busiest thread computes (tasks in rounds of the thread count,
+    each task's columns rounded up to whole panels of ``NR``), fewer tasks on a tie; a task's scratch stays
+    within ``_SCRATCH_L2``.  The split does not change any result: every output is summed by one micro-kernel
+    call in tap order whichever task computes it.
+    """
     nr = _NR32 if isz == 4 else _NR64
     _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
     reach = (cv.kh - 1) * cv.dh // cv.sh
     per_row = cv.cg * cv.sh * cv.sw * wq  # scratch elements per output row
-    rows = cv.oh
-    # enough tasks for the threads (a count independent of them), each with at least two panels of columns
-    while rows > 1 and cv.n * cv.g * -(-cv.oh // rows) < _TASKS and (rows // 2) * wq >= 2 * nr:
-        rows = -(-rows // 2)
-    while rows > 1 and (rows + reach) * per_row * isz > _SCRATCH_L2:
-        rows = -(-rows // 2)
-    kmr = cv.cg * cv.kk * _MR * isz
-    cblk = max(1, _WEIGHTS_L2 // kmr)
+    threads = max(1, get_num_threads())
+    best, rows = None, 1
+    for r in sorted({-(-cv.oh // k) for k in range(1, cv.oh + 1)}, reverse=True):
+        if r > 1 and (r + reach) * per_row * isz > _SCRATCH_L2:
+            continue
+        nchunk = -(-cv.oh // r)
+        panels = -(-((r - 1) * wq + cv.ow) // nr)
+        cost = -(-cv.n * cv.g * nchunk // threads) * panels
+        if best is None or cost < best:
+            best, rows = cost, r
+    cblk = max(1, _WEIGHTS_L2 // (cv.cg * cv.kk * _MR * isz))
     return rows, rows + reach, cblk
+
+
+def tiles_macs(cv: Conv, isz: int) -> int:
+    """Multiply-adds :func:`_forward_tiles_kernel` executes for ``cv`` (whole panels and channel blocks)."""
+    nr = _NR32 if isz == 4 else _NR64
+    rows, _, _ = _tiles_plan(cv, isz)
+    _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
+    full, last = divmod(cv.oh, rows)
+    panels = full * -(-((rows - 1) * wq + cv.ow) // nr) + (-(-((last - 1) * wq + cv.ow) // nr) if last else 0)
+    return cv.n * cv.g * panels * nr * -(-cv.mg // _MR) * _MR * cv.cg * cv.kk
 
 
 def _blocks(k: int, d: int, s: int, before: int, out: int) -> tuple[int, int]:
