@@ -140,7 +140,8 @@ def tile_taps(typingctx, ap, s, base, offs, ct, kc, accumulate):
     return types.void(ap, s, base, offs, ct, kc, accumulate), _codegen(lanes(isz), isz)
 
 
-#: Rows (of ``a``) and taps per :func:`tile_dots` call: ``DR * DT`` vector accumulators.
+#: Rows (of ``a``) and taps per :func:`tile_dots` call: ``DR * DT`` vector accumulators.  kernels/direct.py lays
+#: its ``dy`` rows out in blocks of ``_MB`` = 4 = DR.
 DR = 4
 DT = 6 if VECTOR_BITS == 512 else 3 if VECTOR_BITS == 256 else 2
 

@@ -16,30 +16,34 @@ constant ``_ROW`` apart, which lets LLVM vectorise the four streams), so each sh
 load feeds four FMAs.  No padded copy of the whole input is made, and every output
 element is written exactly once by one task.
 
-* forward: one task per (image, group, part of the group's output channels).  Stride 1
-  with output rows as long as the input rows (depthwise 3x3 "same") runs straight from
-  the input planes into the output (:func:`_same_width_kernel`; border rows and columns
-  recomputed exactly); stride 1 without padding reads the input planes in place.
-* backward_data: with >= 8 output channels per group, kn2row (:func:`_kn2row_kernel`):
-  ``Z[tap] = sum over dy planes`` (four taps x eight planes per pass), each tap's ``Z``
-  scatter-added where it lands in ``dx``.  Otherwise the forward's kernels with the roles
-  swapped (scratch = the zero-padded ``dy`` planes, taps = the flipped kernel); for
+* forward: with at least ``MR / 2`` output channels per group and 8 taps, the register-blocked
+  micro-kernel (:mod:`._ukernel`, :func:`_forward_tiles_kernel`): one task per (image, group,
+  chunk of output rows); ``MR`` output channels x ``NR`` consecutive columns of the scratch's
+  rows accumulate in vector registers over every tap, then the valid columns are copied out
+  (stride 1 without padding reads the input planes in place).  Otherwise one task per (image,
+  group, part of the group's output channels) with :func:`_accumulate` / :func:`_pass4`.  Stride 1
+  with output rows as long as the input rows (depthwise 3x3 "same") runs straight from the input
+  planes into the output (:func:`_same_width_kernel`; border rows and columns recomputed exactly).
+* backward_data: stride 1 with enough channels: the micro-kernel forward on ``dy`` with the
+  flipped kernel (:func:`_adjoint`).  Else with >= 8 output channels per group, kn2row
+  (:func:`_kn2row_kernel`): ``Z[tap] = sum over dy planes`` (four taps x eight planes per pass),
+  each tap's ``Z`` scatter-added where it lands in ``dx``.  Otherwise the forward's kernels with
+  the roles swapped (scratch = the zero-padded ``dy`` planes, taps = the flipped kernel); for
   strides > 1 one tap list per output phase ``(ih % sh, iw % sw)``, interleaved into ``dx``.
-* backward_filter: per tap, a dot product of the ``dy`` plane (in the scratch's row
-  length, junk columns zero) with the shifted scratch (:func:`_dots`, :func:`_dots4`:
-  four output channels x four taps); one task per (block of images, group, part of the
-  output channels) writes its own partial sums, which are then added in a fixed order,
-  so results are bit-identical for any thread count.  Junk columns multiply zeros by
-  pixels no tap reaches; when the input plane holds NaN or +-Inf the dots run row by row
-  over the valid columns instead, so a non-finite pixel only reaches the taps it should.
+* backward_filter: per tap, a dot product of the ``dy`` plane (in the scratch's row length, junk
+  columns zero) with the shifted scratch (:func:`._ukernel.tile_dots`: four output channels x six
+  taps in vector registers; :func:`_dots` for the rest); one task per (block of images, group,
+  part of the output channels) writes its own partial sums, which are then added in a fixed order,
+  so results are bit-identical for any thread count.  Junk columns multiply zeros by pixels no tap
+  reaches; when the input plane holds NaN or +-Inf the dots run row by row over the valid columns
+  instead, so a non-finite pixel only reaches the taps it should.
 
-The task split never depends on the thread count.  Kernels run numba's static schedule
+The task split of the partial sums never depends on the thread count (the micro-kernel forward's does, which
+changes no result: each output is one call's sum in tap order).  Kernels run numba's static schedule
 (see :func:`_run`).
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 from numba import prange
@@ -50,8 +54,8 @@ from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
 from .._threads import get_num_threads
 from ._tiles import Conv, conv_of
-from ._ukernel import MR as _MR
 from ._ukernel import DT as _DT
+from ._ukernel import MR as _MR
 from ._ukernel import columns, tile_dots, tile_taps
 
 #: Elements of one accumulation run (rows of output are grouped into runs of about this length).
@@ -60,7 +64,7 @@ _RUN = 4096
 _TASKS = 16
 #: Image blocks of backward_filter's partial sums (at most).
 _NBLOCKS = 8
-#: Output channels accumulated together by :func:`_accumulate4` / :func:`_dots4`, and the (compile-time constant)
+#: Output channels accumulated together by :func:`_pass4` / :func:`._ukernel.tile_dots`, and the (compile-time constant)
 #: distance between their rows in one buffer: a known distance lets LLVM vectorise the four streams.
 _MB = 4
 _ROW = _RUN + 64
@@ -326,53 +330,6 @@ def _dots(out, a, src, offs, n):
 
 
 @kernel
-def _dots4(out4, a, src, offs, t, n):
-    """``out4[k, t+i] += sum_j a[k*_ROW + j] * src[offs[t+i] + j]`` for four rows ``k`` and taps ``t..t+3``."""
-    b0 = src[offs[t]:]
-    b1 = src[offs[t + 1]:]
-    b2 = src[offs[t + 2]:]
-    b3 = src[offs[t + 3]:]
-    zero = a.dtype.type(0)
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
-    for j in range(n):
-        x0, x1, x2, x3 = b0[j], b1[j], b2[j], b3[j]
-        d0, d1, d2, d3 = a[j], a[_ROW + j], a[2 * _ROW + j], a[3 * _ROW + j]
-        s00 += d0 * x0
-        s01 += d0 * x1
-        s02 += d0 * x2
-        s03 += d0 * x3
-        s10 += d1 * x0
-        s11 += d1 * x1
-        s12 += d1 * x2
-        s13 += d1 * x3
-        s20 += d2 * x0
-        s21 += d2 * x1
-        s22 += d2 * x2
-        s23 += d2 * x3
-        s30 += d3 * x0
-        s31 += d3 * x1
-        s32 += d3 * x2
-        s33 += d3 * x3
-    out4[0, t] += s00
-    out4[0, t + 1] += s01
-    out4[0, t + 2] += s02
-    out4[0, t + 3] += s03
-    out4[1, t] += s10
-    out4[1, t + 1] += s11
-    out4[1, t + 2] += s12
-    out4[1, t + 3] += s13
-    out4[2, t] += s20
-    out4[2, t + 1] += s21
-    out4[2, t + 2] += s22
-    out4[2, t + 3] += s23
-    out4[3, t] += s30
-    out4[3, t + 1] += s31
-    out4[3, t + 2] += s32
-    out4[3, t + 3] += s33
-
-
-@kernel
 def _fill_polyphase(s, x, n, c0, cg, sh, sw, pt, pl, hq, wq):
     """Channels ``c0:c0+cg`` of image ``n``, zero-padded by (pt, pl), as ``sh*sw`` phase blocks of hq x wq.
 
@@ -571,7 +528,7 @@ def _flipped(w: np.ndarray, g: int) -> np.ndarray:
 
 def _use_tiles(cv: Conv) -> bool:
     """Whether :func:`forward` runs the micro-kernel (enough output channels and taps to fill its registers)."""
-    return os.environ.get("FASTCONV_NO_TILES") is None and cv.mg >= _MR // 2 and cv.cg * cv.kk >= 8
+    return cv.mg >= _MR // 2 and cv.cg * cv.kk >= 8
 
 
 def _tiles_plan(cv: Conv, isz: int) -> tuple[int, int, int]:
