@@ -45,6 +45,8 @@ changes no result: each output is one call's sum in tap order).  Kernels run num
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import prange
 
@@ -541,11 +543,15 @@ def _tiles_plan(cv: Conv, isz: int) -> tuple[int, int, int]:
     within ``_SCRATCH_L2``.  The split does not change any result: every output is summed by one micro-kernel
     call in tap order whichever task computes it.
     """
+    return _tiles_plan_for(cv, isz, max(1, get_num_threads()))
+
+
+@functools.lru_cache(maxsize=256)
+def _tiles_plan_for(cv: Conv, isz: int, threads: int) -> tuple[int, int, int]:
     nr = _NR32 if isz == 4 else _NR64
     _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
     reach = (cv.kh - 1) * cv.dh // cv.sh
     per_row = cv.cg * cv.sh * cv.sw * wq  # scratch elements per output row
-    threads = max(1, get_num_threads())
     best, rows = None, 1
     for r in sorted({-(-cv.oh // k) for k in range(1, cv.oh + 1)}, reverse=True):
         if r > 1 and (r + reach) * per_row * isz > _SCRATCH_L2:
