@@ -12,6 +12,9 @@ the direct kernels choose by shape, each small enough to check against tests/ref
   channels per group, by kn2row (a reduction over the dy planes, then each tap scatter-added);
 * backward_filter's junk columns, which must not turn a NaN / Inf of the input that no tap
   reaches into a NaN of ``dw``;
+* the register-blocked micro-kernel (forward, stride-1 backward_data): channel counts off its
+  blocks, panels across rows, in-place reads with the last panel moved back, adjoint pads below
+  zero, and non-finite pixels reaching only their own outputs;
 * bit-identical results for 1 and 2 threads.
 """
 
@@ -51,7 +54,19 @@ CASES = {
     "kn2row_grouped_dilated": ((2, 4, 9, 10), (16, 2, 3, 3), dict(pad=((1, 0), (2, 1)), dilation=2, groups=2)),
     "kn2row_stride3_wide": ((1, 2, 7, 40), (9, 2, 2, 3), dict(stride=(3, 1), pad=(0, 1))),
     "empty_batch": ((0, 4, 7, 9), (4, 1, 3, 3), dict(pad=1, groups=4)),
+    # the register-blocked micro-kernel (>= MR/2 output channels per group, >= 32 taps): forward, and stride-1
+    # backward_data as the forward of dy with the flipped kernel; channel counts off the MR blocks, panels
+    # across rows, the last panel moved back when reading in place, adjoint pads below zero
+    "ukernel_3x3_pad1": ((2, 8, 13, 11), (11, 8, 3, 3), dict(pad=1)),
+    "ukernel_1x1_in_place": ((2, 40, 9, 7), (9, 40, 1, 1), dict()),  # 63 columns: last panel moved back
+    "ukernel_1x1_narrow": ((1, 36, 3, 4), (4, 36, 1, 1), dict()),  # fewer columns than one panel
+    "ukernel_dilated_asymmetric": ((2, 6, 12, 10), (8, 6, 3, 3), dict(pad=((2, 1), (0, 2)), dilation=2)),
+    "ukernel_pad_beyond_reach": ((2, 8, 6, 7), (8, 8, 3, 3), dict(pad=3)),  # backward_data's pads are -1
+    "ukernel_stride2_5x5": ((2, 4, 15, 14), (12, 4, 5, 5), dict(stride=2, pad=2)),
+    "ukernel_grouped": ((2, 16, 9, 9), (16, 8, 3, 3), dict(pad=1, groups=2)),
+    "ukernel_tall": ((1, 8, 40, 9), (8, 8, 3, 3), dict(pad=1)),
 }
+UKERNEL = [c for c in CASES if c.startswith("ukernel")]
 
 
 def _k(ws, y_shape, xs):
@@ -111,6 +126,57 @@ def test_same_width_path_is_taken_for_depthwise_same():
     assert calls == [direct._same_width_kernel, direct._forward_kernel]
 
 
+@pytest.mark.parametrize("case", UKERNEL)
+def test_micro_kernel_paths_are_taken(case):
+    """The ukernel cases run the micro-kernel forward, and (stride 1) backward_data by it too."""
+    xs, ws, kw = CASES[case]
+    calls = []
+    real = direct._run
+
+    def spy(kern, *args):
+        calls.append(kern)
+        return real(kern, *args)
+
+    x = np.ones(xs)
+    w = np.ones(ws)
+    dy = np.ones(R.conv2d(x, w, **kw).shape)
+    try:
+        direct._run = spy
+        fastconv.conv2d(x, w, **kw, strategy="direct")
+        fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")
+    finally:
+        direct._run = real
+    # backward_data by the micro-kernel: stride 1 and enough taps of the flipped kernel (not the 1x1 cases)
+    by_tiles = kw.get("stride", 1) == 1 and "1x1" not in case
+    assert len(calls) == 3 and calls[0] == direct._forward_tiles_kernel
+    assert (calls[1] == direct._forward_tiles_kernel) == by_tiles
+    assert calls[2] == direct._backward_filter_kernel
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+@pytest.mark.parametrize("case", ["ukernel_3x3_pad1", "ukernel_1x1_in_place"])
+def test_micro_kernel_nonfinite_input_reaches_only_its_outputs(case, value):
+    """A NaN / Inf pixel reaches exactly the outputs (and dx pixels) the reference says, not its panel."""
+    xs, ws, kw = CASES[case]
+    rng = np.random.default_rng(7)
+    x, w = uniform(rng, xs), uniform(rng, ws)
+    x[1, 2, 3, 4] = value
+    y_ref = R.conv2d(x, w, **kw)
+    y = fastconv.conv2d(x, w, **kw, strategy="direct")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(y_ref))
+    dy = uniform(rng, y_ref.shape)
+    dy[0, 3, 2, 1] = value
+    with np.errstate(invalid="ignore"):  # (the reference's dw meets inf - inf)
+        dx_ref = R.conv2d_backward(dy, x, w, **kw)[0]
+    dx = fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")[0]
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(dx_ref))
+    np.testing.assert_array_equal(np.isinf(dx), np.isinf(dx_ref))
+    fin = np.isfinite(y_ref)
+    assert fin.any()
+    assert_close(y[fin], y_ref[fin], np.float64, k=1000)
+
+
 @pytest.mark.parametrize("value", [np.inf, np.nan])
 @pytest.mark.parametrize("where", [(0, 1, 3, 0), (1, 0, 2, 8), (0, 0, 0, 0)])
 def test_backward_filter_junk_columns_never_touch_nonfinite_input(value, where):
@@ -129,7 +195,8 @@ def test_backward_filter_junk_columns_never_touch_nonfinite_input(value, where):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-@pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2", "kn2row_stride2"])
+@pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2", "kn2row_stride2",
+                                  "ukernel_3x3_pad1", "ukernel_1x1_in_place", "ukernel_tall"])
 def test_direct_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     xs = (9,) + xs[1:]  # more images than _NBLOCKS: backward_filter's image blocks hold several
