@@ -178,7 +178,7 @@ def _shape_errors(geometry, xs, ws, *args):
 # --------------------------------------------------------------------------- the cost model
 
 #: Seconds of fixed overhead per primitive call (Python, validation, thread hand-off).
-CALL_OVERHEAD = {"direct": 20e-6, "im2col": 60e-6, "col2im": 60e-6}
+CALL_OVERHEAD = {"direct": 20e-6, "im2col": 60e-6, "col2im": 60e-6, "winograd": 40e-6}
 #: Single-thread float32 BLAS peak (flop/s); float64 runs at half.
 GEMM_PEAK = 150e9
 #: Seconds per BLAS call (NumPy matmul dispatch, packing set-up).
@@ -203,6 +203,14 @@ DIRECT_RATE = {"forward": (22e9, 36e9, 16.0), "backward_data": (20e9, 20e9, 64.0
 TILE_RATE = 60e9
 #: "direct" backward_filter: seconds per micro-kernel dot call beyond its multiply-adds (24 lane sums).
 DOTS_CALL = 5e-8
+#: "winograd": multiply-adds/s of one thread in its 16 products (float32; the micro-kernel over contiguous panels),
+#: seconds per (tile, channel) of its input and output transforms (vectorised for dilation 1: [False, True]),
+#: and bytes/s at which each panel reads the transformed kernel (from memory, or from L2 when it has <= 1 MiB).
+#: Measured, 1 thread: res3x3_56 (12-15 ms), res3x3_14 (25 ms: a 4 MiB kernel streamed per panel),
+#: dil3x3_56 (18 ms, scalar transforms).
+WINO_GEMM_RATE = 80e9
+WINO_TRANSFORM = (15e-9, 8e-9)
+WINO_U_BW = (2.5e9, 50e9)
 #: "direct": bytes/s of one thread streaming its operands from memory.
 DIRECT_BW = 16e9
 #: "direct" backward_data by kn2row (>= 8 output channels per group): scatter-adds/s of one thread.
@@ -253,9 +261,9 @@ def useful_flops(p: Problem) -> int:
 
 
 def _scratch(name: str, prim: str, cv, isz: int) -> int | None:
-    from .kernels import direct, gemm, scatter
+    from .kernels import direct, gemm, scatter, winograd
 
-    mod = direct if name == "direct" else gemm if name == "im2col" else scatter
+    mod = {"direct": direct, "im2col": gemm, "col2im": scatter, "winograd": winograd}[name]
     return getattr(mod, f"{prim}_scratch")(cv, isz)
 
 
@@ -272,6 +280,8 @@ def _estimate_prim(name: str, prim: str, cv, isz: int, threads: int) -> tuple[fl
     tiles_par = max(1, min(threads, n * max(1, p // 128)))
     if name == "direct":
         return _estimate_direct(prim, cv, isz, threads)
+    if name == "winograd":
+        return _estimate_winograd(prim, cv, isz, threads)
     cols_bytes = n * c * kk * p * isz
     if _grouped.use_grouped(cv):
         t = (useful / GROUPED_RATE + 2 * cols_bytes / MEM_BW) / max(1, min(threads, n * g))
@@ -297,6 +307,27 @@ def _estimate_prim(name: str, prim: str, cv, isz: int, threads: int) -> tuple[fl
         return t / tiles_par, executed, note
     mem = 2 * cols_bytes
     return (_gemm(mg, p, cg, n * g * kk, peak) + mem / MEM_BW) / tiles_par, useful, "one GEMM per tap"
+
+
+def _estimate_winograd(prim: str, cv, isz: int, threads: int) -> tuple[float, int, str]:
+    """"winograd" (kernels/winograd.py): F(2x2, 3x3) where it applies, else "direct"'s code and estimate."""
+    from .kernels import direct, winograd
+    from .kernels._ukernel import MR, columns
+
+    tiled = cv if prim == "forward" else direct._adjoint(cv) if prim == "backward_data" else None
+    if tiled is None or not winograd.applies(tiled) or tiled.n == 0:
+        return _estimate_direct(prim, cv, isz, threads)
+    useful = 2 * cv.n * cv.m * cv.cg * cv.kk * cv.p
+    nr = columns(isz)
+    tiles = tiled.n * winograd._tiles_of(tiled.oh, tiled.dh) * winograd._tiles_of(tiled.ow, tiled.dw)
+    panels = -(-tiles // nr)
+    mp = -(-tiled.m // MR) * MR
+    macs = panels * nr * 16 * mp * tiled.c
+    u_bytes = 16 * mp * tiled.c * isz  # the transformed kernel, read by every panel
+    transform = WINO_TRANSFORM[tiled.dw == 1] * panels * nr * (tiled.c + tiled.m)
+    t = (macs / (WINO_GEMM_RATE * 4 / isz) + transform + panels * u_bytes / WINO_U_BW[u_bytes <= 2**20]
+         + tiled.n * tiled.c * tiled.h * tiled.w * isz / DIRECT_BW)
+    return t / max(1, min(threads, panels)), useful, "Winograd F(2x2, 3x3): 16 products per 2x2 tile"
 
 
 def _estimate_direct(prim: str, cv, isz: int, threads: int) -> tuple[float, int, str]:
@@ -363,7 +394,7 @@ def _candidates(p: Problem) -> list[Candidate]:
 
 
 #: Equal estimates (the two GEMM strategies share backward_data and the 1x1 GEMM) go to the first here.
-TIE_ORDER = ("col2im", "im2col", "direct")
+TIE_ORDER = ("col2im", "im2col", "direct", "winograd")
 
 
 #: _model_choice's results by (problem, threads, workspace limit, strategies): evaluating the model costs

@@ -212,19 +212,24 @@ DIRECT_SHAPES = [  # (N, C, H, W, M, K, stride, pad, dilation, groups)
 ]
 
 
+@pytest.mark.parametrize("impl", ["direct", "winograd"])
 @pytest.mark.parametrize("shape", DIRECT_SHAPES)
 @pytest.mark.parametrize("prim", ["forward", "backward_data", "backward_filter"])
-def test_direct_scratch_within_its_bound_and_the_limit(prim, shape):
-    """Peak extra <= the bound <= a limit just above it (1 and all threads); the bound < 4x the peak at 1 thread."""
-    from fastconv.kernels import direct
+def test_direct_scratch_within_its_bound_and_the_limit(prim, shape, impl):
+    """Peak extra <= the bound <= a limit just above it (1 and all threads); the bound < 4x the peak at 1 thread.
+    "winograd" (kernels/winograd.py: F(2x2, 3x3) on the 3x3 stride-1 shapes, else "direct"'s code) likewise."""
+    import importlib
+
     from fastconv.kernels._tiles import conv_of
+
+    direct = importlib.import_module(f"fastconv.kernels.{impl}")
 
     n, c, h, wd, m, k, st, pad, dil, g = shape
     rng = np.random.default_rng(1)
     x, w = uniform(rng, (n, c, h, wd), np.float32), uniform(rng, (m, c // g, k, k), np.float32)
     geom, out = conv_geometry(x.shape, w.shape, st, pad, dil, g)
     dy = uniform(rng, out, np.float32)
-    s = get("direct")
+    s = get(impl)
     calls = {
         "forward": lambda: s.forward(x, w, geom, out[2:]),
         "backward_data": lambda: s.backward_data(dy, w, geom, x.shape[2:]),
@@ -237,10 +242,10 @@ def test_direct_scratch_within_its_bound_and_the_limit(prim, shape):
         with fastconv.workspace_limit(bound + 1):
             assert getattr(direct, f"{prim}_scratch")(cv, 4) == bound
             _, extra = _peak_extra(calls[prim])
-        assert extra <= bound + OVERHEAD, f"direct {prim} {shape} {threads} threads: {extra} bytes > bound {bound}"
+        assert extra <= bound + OVERHEAD, f"{impl} {prim} {shape} {threads} threads: {extra} bytes > bound {bound}"
         # not absurdly loose (at one thread: with more, how many tasks overlap depends on the scheduling)
         if threads == 1 and bound > 4 * OVERHEAD:  # (tiny bounds are dominated by the Python side)
-            assert bound < 4 * extra, f"direct {prim} {shape}: bound {bound} is > 4x the measured {extra}"
+            assert bound < 4 * extra, f"{impl} {prim} {shape}: bound {bound} is > 4x the measured {extra}"
 
 
 @pytest.mark.parametrize("op", ["conv2d", "conv2d_backward"])

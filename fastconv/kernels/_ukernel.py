@@ -212,3 +212,112 @@ def tile_dots(typingctx, out, o0, ldo, a, lda, s, base, offs, plen):
     if isz is None or not isinstance(offs, types.Array):
         return None
     return types.void(out, o0, ldo, a, lda, s, base, offs, plen), _dots_codegen(lanes(isz), isz)
+
+
+# --------------------------------------------------------------------------- vector transforms (dilation 1)
+#
+# LLVM does not vectorise the transform loops above (strided gathers, 16 store streams); for tiles two columns
+# apart (dilation 1) these intrinsics do ``lanes`` tiles at once with explicit vectors: two loads of 2 * lanes
+# consecutive elements per patch row, split into even and odd lanes by shuffles; the outputs' two columns are
+# interleaved back by a shuffle into one contiguous store.  Same arithmetic, same order as the scalar code.
+
+
+def _vec_args(context, builder, signature, args, *arrays):
+    return [context.make_array(signature.args[i])(context, builder, args[i]).data for i in arrays]
+
+
+def _i64(context, builder, signature, args, *idx):
+    return [context.cast(builder, args[i], signature.args[i], types.int64) for i in idx]
+
+
+def _input16_codegen(width: int, isz: int):
+    def codegen(context, builder, signature, args):
+        src, dst = _vec_args(context, builder, signature, args, 0, 2)
+        so, do, dstride, rs = _i64(context, builder, signature, args, 1, 3, 4, 5)
+        fty = context.get_value_type(signature.args[0].dtype)
+        vty, wty = ir.VectorType(fty, width), ir.VectorType(fty, 2 * width)
+        i32 = ir.IntType(32)
+        even = ir.Constant(ir.VectorType(i32, width), [2 * j for j in range(width)])
+        odd = ir.Constant(ir.VectorType(i32, width), [2 * j + 1 for j in range(width)])
+
+        def at(base, off):
+            return builder.gep(base, [builder.add(off, ir.Constant(off.type, 0))])
+
+        t = []
+        for i in range(4):
+            row = builder.add(so, builder.mul(rs, ir.Constant(rs.type, i)))
+            l0 = builder.load(builder.bitcast(at(src, row), wty.as_pointer()), align=isz)
+            l1 = builder.load(builder.bitcast(at(src, builder.add(row, ir.Constant(row.type, 2))), wty.as_pointer()),
+                              align=isz)
+            a0 = builder.shuffle_vector(l0, l0, even)
+            a1 = builder.shuffle_vector(l0, l0, odd)
+            a2 = builder.shuffle_vector(l1, l1, even)
+            a3 = builder.shuffle_vector(l1, l1, odd)
+            t.append((builder.fsub(a0, a2), builder.fadd(a1, a2), builder.fsub(a2, a1), builder.fsub(a1, a3)))
+        vals = []
+        for k in range(4):
+            vals.append((0, k, builder.fsub(t[0][k], t[2][k])))
+            vals.append((1, k, builder.fadd(t[1][k], t[2][k])))
+            vals.append((2, k, builder.fsub(t[2][k], t[1][k])))
+            vals.append((3, k, builder.fsub(t[1][k], t[3][k])))
+        for i, k, val in vals:
+            off = builder.add(do, builder.mul(dstride, ir.Constant(dstride.type, 4 * i + k)))
+            builder.store(val, builder.bitcast(at(dst, off), vty.as_pointer()), align=isz)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def input_tiles(typingctx, src, so, dst, do, dstride, rs):
+    """``lanes`` tiles two columns apart: ``dst[do + pos * dstride + j] = (Bᵀ d_j B)[pos]`` with patch
+    ``d_j[i][k] = src[so + i * rs + 2 * j + k]`` (no bounds checks)."""
+    isz = _float_arrays(src, dst)
+    if isz is None:
+        return None
+    return types.void(src, so, dst, do, dstride, rs), _input16_codegen(lanes(isz), isz)
+
+
+def _output16_codegen(width: int, isz: int):
+    def codegen(context, builder, signature, args):
+        mb, y = _vec_args(context, builder, signature, args, 0, 3)
+        mo, s, yo, low = _i64(context, builder, signature, args, 1, 2, 4, 5)
+        fty = context.get_value_type(signature.args[0].dtype)
+        vty, wty = ir.VectorType(fty, width), ir.VectorType(fty, 2 * width)
+        i32 = ir.IntType(32)
+        inter = ir.Constant(ir.VectorType(i32, 2 * width), [j // 2 + (j % 2) * width for j in range(2 * width)])
+        m = []
+        for pos in range(16):
+            off = builder.add(mo, builder.mul(s, ir.Constant(s.type, pos)))
+            m.append(builder.load(builder.bitcast(builder.gep(mb, [off]), vty.as_pointer()), align=isz))
+
+        def pair(r0, r1, r2, first):
+            # rows r0, r1, r2 of M combined as (m_r0 + m_r1 + m_r2) or (m_r0 - m_r1 - m_r2), per column k
+            cols = []
+            for k in range(4):
+                if first:
+                    cols.append(builder.fadd(builder.fadd(m[4 * r0 + k], m[4 * r1 + k]), m[4 * r2 + k]))
+                else:
+                    cols.append(builder.fsub(builder.fsub(m[4 * r0 + k], m[4 * r1 + k]), m[4 * r2 + k]))
+            left = builder.fadd(builder.fadd(cols[0], cols[1]), cols[2])
+            right = builder.fsub(builder.fsub(cols[1], cols[2]), cols[3])
+            return builder.shuffle_vector(left, right, inter)
+
+        builder.store(pair(0, 1, 2, True), builder.bitcast(builder.gep(y, [yo]), wty.as_pointer()), align=isz)
+        has_low = builder.icmp_signed(">", low, ir.Constant(low.type, 0))
+        with builder.if_then(has_low):
+            builder.store(pair(1, 2, 3, False), builder.bitcast(builder.gep(y, [builder.add(yo, low)]),
+                                                                wty.as_pointer()), align=isz)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def output_tiles(typingctx, mb, mo, s, y, yo, low):
+    """``lanes`` tiles two columns apart, both columns inside: ``y[yo + 2 j + v] (, y[yo + low + 2 j + v] if
+    low > 0) = (Aᵀ M_j A)[u, v]`` with ``M_j[pos] = mb[mo + pos * s + j]`` (no bounds checks)."""
+    isz = _float_arrays(mb, y)
+    if isz is None:
+        return None
+    return types.void(mb, mo, s, y, yo, low), _output16_codegen(lanes(isz), isz)

@@ -1,0 +1,411 @@
+"""The "winograd" strategy: 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3).
+
+Each 2x2 block of outputs (a *tile*) is computed from the 4x4 input patch under it with 16
+multiplications per (output channel, input channel) instead of 36 (Lavin & Gray, 2016)::
+
+    V = Bᵀ d B  (input patch, 4x4)      U = G g Gᵀ  (3x3 kernel -> 4x4)
+    M[pos] = sum over input channels U[pos] · V[pos]   (16 independent matrix products)
+    y tile = Aᵀ M A  (2x2)
+
+The coefficients are 0, ±1 and ±1/2 (exact in binary floating point), so the results differ
+from the direct sum only by rounding (measured: within the float32 tolerances of the test suite
+against the float64 reference).  With a dilation ``d`` a tile is the outputs
+``(oy0 + d*u, ox0 + d*v)``, u, v in {0, 1}, and its patch the inputs ``d`` apart.
+
+* forward: the input is copied once, zero-padded (no bounds checks in the gathers); one task per
+  *panel* of ``NR`` tiles (tiles of all images numbered in a row, so panels waste no columns):
+  the task transforms the panel's patches of every input channel into ``V[pos, c, j]``, runs the
+  16 products by the register-blocked micro-kernel (:func:`._ukernel.tile_taps`, ``MR`` output
+  channels x the ``NR`` tiles, summed over the input channels in order), then transforms
+  ``M[pos, m, j]`` back into the tiles' outputs.  Every output element is written by one task.
+* backward_data: ``dx`` of a stride-1 convolution is the forward of ``dy`` with the flipped kernel
+  (:func:`.direct._adjoint`), so by the same kernel.
+* backward_filter, and every convolution Winograd does not apply to (kernel not 3x3, strides,
+  groups, fewer than 4 input or ``MR / 2`` output channels): "direct"'s primitives.
+
+Non-finite inputs: a NaN or infinity in one patch pixel would reach outputs of its tile that the
+direct sum never lets it touch (``inf - inf``).  The input transform adds ``V * 0`` over every
+patch into a per-panel flag; when any flag is not zero the call is recomputed by "direct", so
+NaN and infinity propagate exactly as the direct sum (and PyTorch) does.  Non-finite weights go
+to the exact loops before any strategy runs (:mod:`fastconv.conv`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .._config import WorkspaceTooSmallError, get_workspace_limit
+from .._options import kernel, parallel_kernel
+from .._params import ConvGeometry, Pair
+from .._registry import Strategy, register
+from .._threads import get_num_threads
+from . import direct
+from ._tiles import Conv, conv_of
+from ._ukernel import MR as _MR
+from ._ukernel import columns, input_tiles, lanes, output_tiles, tile_taps
+
+#: F(2x2, 3x3): the kernel transform G (4x3); Bᵀ and Aᵀ are written out in the kernels.
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def applies(cv: Conv) -> bool:
+    """Whether Winograd F(2x2, 3x3) runs ``cv``'s forward (else "direct" does)."""
+    return cv.kh == cv.kw == 3 and cv.sh == cv.sw == 1 and cv.g == 1 and cv.cg >= 4 and cv.mg >= _MR // 2
+
+
+def _tiles_of(out: int, d: int) -> int:
+    """Tiles along one axis: blocks of ``2 d`` outputs hold ``d`` interleaved tiles."""
+    return -(-out // (2 * d)) * d
+
+
+def _tile_start(t, d):
+    return (t // d) * 2 * d + t % d
+
+
+def _padded(cv: Conv) -> tuple[int, int]:
+    """(rows, columns) of the zero-padded input copy: every tile patch lies inside it."""
+    th, tw = _tiles_of(cv.oh, cv.dh), _tiles_of(cv.ow, cv.dw)
+    return _tile_start(th - 1, cv.dh) + 3 * cv.dh + 1, _tile_start(tw - 1, cv.dw) + 3 * cv.dw + 1
+
+
+def _transform_weights(w: np.ndarray) -> np.ndarray:
+    """``ap[pos, b, c * MR + r] = U[pos, b * MR + r, c]``, ``U = G g Gᵀ`` (computed in float64), zero-padded to whole
+    blocks of ``MR`` output channels."""
+    m, c = w.shape[:2]
+    nmb = -(-m // _MR)
+    u = np.einsum("ik,mckl,jl->ijmc", _G, w.astype(np.float64), _G).reshape(16, m, c)
+    up = np.zeros((16, nmb * _MR, c), dtype=w.dtype)
+    up[:, :m] = u
+    return np.ascontiguousarray(up.reshape(16, nmb, _MR, c).transpose(0, 1, 3, 2)).reshape(16, nmb, c * _MR)
+
+
+@parallel_kernel
+def _pad_copy(x, pt, pl, hp, wp):
+    """``xp[n, c, pt + i, pl + j] = x[n, c, i, j]`` inside ``(hp, wp)``, zero elsewhere (pads may be negative)."""
+    n_, c_, h_, w_ = x.shape
+    xp = np.empty((n_, c_, hp, wp), dtype=x.dtype)
+    zero = x.dtype.type(0)
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t % c_
+        for r in range(hp):
+            i = r - pt
+            row = xp[n, c, r]
+            if i < 0 or i >= h_:
+                for q in range(wp):
+                    row[q] = zero
+                continue
+            for q in range(wp):
+                j = q - pl
+                row[q] = x[n, c, i, j] if 0 <= j < w_ else zero
+    return xp
+
+
+@kernel
+def _stride(elems):
+    """Distance between the 16 positions' blocks of ``elems``: rounded up to an odd multiple of 16 elements, so
+    that the 16 streams are not a multiple of 4 KiB apart (4K aliasing stalled the stores, and the loads all
+    mapped to one L1 set)."""
+    q = (elems + 15) // 16
+    return (q | 1) * 16
+
+
+@kernel
+def _transform_run(dst, src, cnt, us, usv, r1, r2, r3, k1, k2, k3):
+    """One segment's tiles of one channel (see :func:`_input_transform`); patches ``us`` elements apart."""
+    u = np.uint64
+    for j in range(cnt):
+        uj = u(j)
+        b = us * uj
+        # rows of the patch, transformed along the columns: (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+        a0 = src[b]
+        a1 = src[b + k1]
+        a2 = src[b + k2]
+        a3 = src[b + k3]
+        t00 = a0 - a2
+        t01 = a1 + a2
+        t02 = a2 - a1
+        t03 = a1 - a3
+        a0 = src[b + r1]
+        a1 = src[b + r1 + k1]
+        a2 = src[b + r1 + k2]
+        a3 = src[b + r1 + k3]
+        t10 = a0 - a2
+        t11 = a1 + a2
+        t12 = a2 - a1
+        t13 = a1 - a3
+        a0 = src[b + r2]
+        a1 = src[b + r2 + k1]
+        a2 = src[b + r2 + k2]
+        a3 = src[b + r2 + k3]
+        t20 = a0 - a2
+        t21 = a1 + a2
+        t22 = a2 - a1
+        t23 = a1 - a3
+        a0 = src[b + r3]
+        a1 = src[b + r3 + k1]
+        a2 = src[b + r3 + k2]
+        a3 = src[b + r3 + k3]
+        t30 = a0 - a2
+        t31 = a1 + a2
+        t32 = a2 - a1
+        t33 = a1 - a3
+        dst[uj] = t00 - t20
+        dst[uj + usv] = t01 - t21
+        dst[uj + u(2) * usv] = t02 - t22
+        dst[uj + u(3) * usv] = t03 - t23
+        dst[uj + u(4) * usv] = t10 + t20
+        dst[uj + u(5) * usv] = t11 + t21
+        dst[uj + u(6) * usv] = t12 + t22
+        dst[uj + u(7) * usv] = t13 + t23
+        dst[uj + u(8) * usv] = t20 - t10
+        dst[uj + u(9) * usv] = t21 - t11
+        dst[uj + u(10) * usv] = t22 - t12
+        dst[uj + u(11) * usv] = t23 - t13
+        dst[uj + u(12) * usv] = t10 - t30
+        dst[uj + u(13) * usv] = t11 - t31
+        dst[uj + u(14) * usv] = t12 - t32
+        dst[uj + u(15) * usv] = t13 - t33
+
+
+@kernel
+def _input_transform(v, flat, plane, wp, c_, seg, nseg, step, nr, dh, dw, vl, flag):
+    """``v[pos * sv + c * nr + j] = (Bᵀ d B)[pos]`` of tile ``j``'s 4x4 patch ``d`` in channel ``c`` of the padded
+    input ``flat``; returns ``flag + sum(v * 0)``.
+
+    The tiles come in segments ``seg[i] = (first tile, count, flat offset of its patch in channel 0)`` whose
+    patches lie ``step`` elements apart, so the inner loop over a segment's tiles has affine loads and
+    contiguous stores, which LLVM vectorises; tiles in no segment (past the last image) get zeros.
+    """
+    sv = _stride(c_ * nr)
+    u = np.uint64
+    # unsigned indices: numba then adds no negative-index wrap-around, which kept LLVM from vectorising
+    r1, r2, r3 = u(dh * wp), u(2 * dh * wp), u(3 * dh * wp)
+    k1, k2, k3 = u(dw), u(2 * dw), u(3 * dw)
+    us, usv = u(step), u(sv)
+    zero = flag * 0
+    for c in range(c_):
+        cp = c * plane
+        for i in range(nseg):
+            j0, cnt, b0 = seg[i, 0], seg[i, 1], seg[i, 2] + cp
+            src = flat[b0:]
+            dst = v[c * nr + j0:]
+            done = 0
+            if step == 2 and cnt >= vl:  # dilation 1: vl tiles per vector call, the last call moved back to end
+                for jb in range(0, cnt, vl):  # at the segment's end (recomputing a few tiles, same values)
+                    jv = min(jb, cnt - vl)
+                    input_tiles(flat, b0 + 2 * jv, v, c * nr + j0 + jv, sv, dh * wp)
+                done = cnt
+            if done < cnt:
+                _transform_run(dst[done:], src[step * done:], cnt - done, us, usv, r1, r2, r3, k1, k2, k3)
+    z = flag
+    for i in range(16 * sv):
+        z += v[i] * zero  # (the caller zeroed the tiles in no segment and the gaps between positions)
+    return z
+
+
+@kernel
+def _output_tiles(yflat, mb, q0, s, o0, cnt, step, dw, low, both):
+    """``cnt`` tiles of one segment and one output channel (``M`` at ``mb[pos * s + q0 + j]``, first output at
+    ``yflat[o0]``, tiles ``step`` apart): their upper-left outputs, the right ones if ``both``, the lower ones
+    (``low`` elements below) if ``low > 0``."""
+    for j in range(cnt):
+        q = q0 + j
+        # Aᵀ M A: rows (m0 + m1 + m2, m1 - m2 - m3), then the same along the columns
+        c0 = mb[q] + mb[q + 4 * s] + mb[q + 8 * s]
+        c1 = mb[q + s] + mb[q + 5 * s] + mb[q + 9 * s]
+        c2 = mb[q + 2 * s] + mb[q + 6 * s] + mb[q + 10 * s]
+        c3 = mb[q + 3 * s] + mb[q + 7 * s] + mb[q + 11 * s]
+        o = o0 + step * j
+        yflat[o] = c0 + c1 + c2
+        if both:
+            yflat[o + dw] = c1 - c2 - c3
+        if low > 0:
+            e0 = mb[q + 4 * s] - mb[q + 8 * s] - mb[q + 12 * s]
+            e1 = mb[q + 5 * s] - mb[q + 9 * s] - mb[q + 13 * s]
+            e2 = mb[q + 6 * s] - mb[q + 10 * s] - mb[q + 14 * s]
+            e3 = mb[q + 7 * s] - mb[q + 11 * s] - mb[q + 15 * s]
+            yflat[o + low] = e0 + e1 + e2
+            if both:
+                yflat[o + low + dw] = e1 - e2 - e3
+
+
+@parallel_kernel
+def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, flags):
+    """One task per panel of ``nr`` tiles.  Tiles are numbered by image, tile row, column phase (``ox % dw``) and
+    index, so that runs of them (segments, one image, tile row and phase) lie ``2 * dw`` columns apart."""
+    n_, c_, hp, wp = xp.shape
+    nmb = ap.shape[1]
+    mp = nmb * _MR
+    tw_ = cnt_ * dw
+    per_img = th_ * tw_
+    total = n_ * per_img
+    npan = (total + nr - 1) // nr
+    plane = hp * wp
+    flat = xp.reshape(n_ * c_ * plane)
+    y = np.empty((n_, m_, oh_, ow_), dtype=xp.dtype)
+    yflat = y.reshape(n_ * m_ * oh_ * ow_)
+    step = 2 * dw
+    hw = oh_ * ow_
+    sv = _stride(c_ * nr)
+    s = _stride(mp * nr)
+    zero = xp.dtype.type(0)
+    for p in prange(npan):
+        v = np.empty(16 * sv, dtype=xp.dtype)
+        for pos in range(16):  # the gaps between the positions (read by the flag's sum only)
+            v[pos * sv + c_ * nr:(pos + 1) * sv] = 0
+        mb = np.empty(16 * s, dtype=xp.dtype)
+        offs = np.arange(c_) * nr
+        seg = np.empty((nr, 3), dtype=np.int64)  # (first tile, tiles, patch offset in channel 0)
+        out = np.empty((nr, 4), dtype=np.int64)  # (first output in channel 0, tiles with both columns, row below,
+        #                                            tiles with a left column)
+        nseg = 0
+        j = 0
+        while j < nr and p * nr + j < total:
+            gt = p * nr + j
+            n = gt // per_img
+            r = gt - n * per_img
+            ta = r // tw_
+            tb = r - ta * tw_
+            phase = tb // cnt_
+            idx = tb - phase * cnt_
+            cnt = min(cnt_ - idx, nr - j, total - gt)
+            oy = (ta // dh) * 2 * dh + ta % dh
+            ox = idx * step + phase
+            seg[nseg, 0] = j
+            seg[nseg, 1] = cnt
+            seg[nseg, 2] = n * c_ * plane + oy * wp + ox
+            out[nseg, 0] = n * m_ * hw + oy * ow_ + ox
+            # tile k of this phase has its left column k * step + phase inside the output while < ow, its right
+            # column while k * step + phase + dw < ow; rows likewise (a tile row may lie below the output)
+            left = max(0, min(cnt, (ow_ - phase + step - 1) // step - idx)) if oy < oh_ else 0
+            out[nseg, 1] = max(0, min(left, (ow_ - phase - dw + step - 1) // step - idx))
+            out[nseg, 2] = dh * ow_ if oy + dh < oh_ else 0
+            out[nseg, 3] = left
+            nseg += 1
+            j += cnt
+        for pos in range(16):  # tiles past the last image: zeros
+            for c in range(c_):
+                v[pos * sv + c * nr + j:pos * sv + (c + 1) * nr] = 0
+        flags[p] = _input_transform(v, flat, plane, wp, c_, seg, nseg, step, nr, dh, dw, vl, zero)
+        for pos in range(16):
+            for b in range(nmb):
+                tile_taps(ap[pos, b], v, pos * sv, offs, mb[pos * s + b * _MR * nr:], c_, False)
+        for m in range(m_):
+            for i in range(nseg):
+                j0 = seg[i, 0]
+                o0 = out[i, 0] + m * hw
+                nb, nl = out[i, 1], out[i, 3]
+                done = 0
+                if step == 2 and nb >= vl:  # dilation 1: vl tiles per vector call, both columns in one store
+                    for jb in range(0, nb, vl):
+                        jv = min(jb, nb - vl)
+                        output_tiles(mb, m * nr + j0 + jv, s, yflat, o0 + 2 * jv, out[i, 2])
+                    done = nb
+                _output_tiles(yflat, mb, m * nr + j0 + done, s, o0 + done * step, nb - done, step, dw, out[i, 2], True)
+                if nb < nl:
+                    _output_tiles(yflat, mb, m * nr + j0 + nb, s, o0 + nb * step, nl - nb, step, dw, out[i, 2], False)
+    return y
+
+
+def _forward(x: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray | None:
+    """Winograd forward of ``cv`` (pads on the top and left; zeros beyond the input); None when the input holds
+    NaN or infinity (the caller then runs "direct")."""
+    hp, wp = _padded(cv)
+    xp = direct._run(_pad_copy, x, cv.pt, cv.pl, hp, wp)
+    th, tw = _tiles_of(cv.oh, cv.dh), _tiles_of(cv.ow, cv.dw)
+    nr = columns(x.dtype.itemsize)
+    flags = np.zeros(-(-cv.n * th * tw // nr), dtype=x.dtype)
+    y = direct._run(_forward_kernel, xp, _transform_weights(w), cv.m, cv.dh, cv.dw, cv.oh, cv.ow, th, tw // cv.dw, nr,
+                    lanes(x.dtype.itemsize), flags)
+    return y if not flags.any() else None
+
+
+def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> np.ndarray:
+    """conv2d without bias (F(2x2, 3x3) where it applies, else "direct")."""
+    cv = conv_of(x.shape, w.shape, geom, out_hw)
+    if cv.n > 0 and cv.oh > 0 and cv.ow > 0 and applies(cv):
+        _fits("forward", forward_bound(cv, x.dtype.itemsize))
+        y = _forward(x, w, cv)
+        if y is not None:
+            return y
+    return direct.forward(x, w, geom, out_hw)
+
+
+def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair) -> np.ndarray:
+    """The adjoint of :func:`forward` in ``x``: the forward of ``dy`` with the flipped kernel (stride 1)."""
+    n, m, oh, ow = dy.shape
+    cv = conv_of((n, w.shape[1] * geom.groups, *x_hw), w.shape, geom, (oh, ow))
+    adj = direct._adjoint(cv)
+    if cv.n > 0 and cv.h > 0 and cv.w > 0 and adj is not None and applies(adj):
+        _fits("backward_data", backward_data_bound(cv, dy.dtype.itemsize))
+        dx = _forward(dy, direct._flipped(w, geom.groups), adj)
+        if dx is not None:
+            return dx
+    return direct.backward_data(dy, w, geom, x_hw)
+
+
+def forward_bound(cv: Conv, isz: int) -> int:
+    """Upper bound on the scratch bytes :func:`forward` allocates for ``cv`` (the larger of its own and "direct"'s,
+    which runs instead when the input holds NaN or infinity)."""
+    own = 0
+    if applies(cv) and cv.n > 0 and cv.oh > 0 and cv.ow > 0:
+        hp, wp = _padded(cv)
+        nr = columns(isz)
+        mp = -(-cv.mg // _MR) * _MR
+        npan = -(-cv.n * _tiles_of(cv.oh, cv.dh) * _tiles_of(cv.ow, cv.dw) // nr)
+        # the float64 kernel and its transform (einsum, no temporaries), the zero-padded U and its packed copy
+        weights = cv.m * cv.c * (9 + 16) * 8 + 2 * 16 * mp * cv.c * isz
+        per_task = 16 * (cv.c * nr + 32 + mp * nr + 32) * isz + (cv.c + 7 * nr) * 8  # v, mb, offs, seg, out
+        own = cv.n * cv.c * hp * wp * isz + weights + npan * isz + direct._per_tasks(npan, per_task, 1)
+    return max(own, direct.forward_bound(cv, isz))
+
+
+def backward_data_bound(cv: Conv, isz: int) -> int:
+    """Upper bound on the scratch bytes :func:`backward_data` allocates for ``cv``."""
+    adj = direct._adjoint(cv)
+    if adj is None or not applies(adj) or cv.n == 0 or cv.h <= 0 or cv.w <= 0:
+        return direct.backward_data_bound(cv, isz)
+    return max(forward_bound(adj, isz) + cv.m * cv.cg * cv.kk * isz, direct.backward_data_bound(cv, isz))
+
+
+def _fits(prim: str, need: int) -> None:
+    """Raise :class:`WorkspaceTooSmallError` (before allocating) when ``need`` bytes exceed the workspace limit."""
+    if need > get_workspace_limit():
+        raise WorkspaceTooSmallError(
+            f"winograd {prim} needs {need} bytes of scratch memory at {get_num_threads()} threads, more than the "
+            f"workspace limit {get_workspace_limit()} bytes; raise it with fastconv.set_workspace_limit(), use "
+            "fewer threads (fastconv.set_num_threads()) or another strategy"
+        )
+
+
+def forward_scratch(cv: Conv, isz: int) -> int | None:
+    """Scratch bytes (an upper bound) :func:`forward` allocates for ``cv`` now (None: does not fit the limit)."""
+    return direct._within(forward_bound(cv, isz))
+
+
+def backward_data_scratch(cv: Conv, isz: int) -> int | None:
+    """Scratch bytes (an upper bound) :func:`backward_data` allocates for ``cv`` now (None: does not fit)."""
+    return direct._within(backward_data_bound(cv, isz))
+
+
+def backward_filter_bound(cv: Conv, isz: int) -> int:
+    """Upper bound on the scratch bytes of backward_filter: "direct"'s (it runs "direct"'s)."""
+    return direct.backward_filter_bound(cv, isz)
+
+
+def backward_filter_scratch(cv: Conv, isz: int) -> int | None:
+    """Scratch bytes of backward_filter: "direct"'s (it runs "direct"'s)."""
+    return direct.backward_filter_scratch(cv, isz)
+
+
+WINOGRAD = register(
+    Strategy(
+        name="winograd",
+        forward=forward,
+        backward_data=backward_data,
+        backward_filter=direct.backward_filter,
+        summary="3x3 stride 1: Winograd F(2x2, 3x3), 16 products per tile by the micro-kernel; else direct",
+    )
+)

@@ -1,0 +1,150 @@
+"""The "winograd" strategy's code paths (fastconv/kernels/winograd.py) against the reference.
+
+The general property tests run every strategy, "winograd" included, on random geometries (mostly
+shapes it hands to "direct"); these pin down its own paths:
+
+* F(2x2, 3x3) forward and stride-1 backward_data, with dilation 1 (vector transforms, tile rows of
+  at least one vector, the last vector call moved back) and dilation 2 (scalar transforms),
+  asymmetric pads, pads beyond the kernel's reach (backward_data's pads below zero), output
+  channels off the micro-kernel's blocks, odd output sizes (tiles half outside), panels across
+  images and a last panel past the last image;
+* which kernel runs: Winograd where it applies, "direct" elsewhere;
+* NaN / infinity in the input: the call is recomputed by "direct", so they reach exactly the
+  outputs the reference says;
+* bit-identical results for 1 and 2 threads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import reference as R
+from conftest import assert_close, uniform
+
+import fastconv
+from fastconv._params import conv_geometry
+from fastconv.kernels import direct, winograd
+
+# (x shape, w shape, kwargs): every case is 3x3, stride 1, no groups, >= 4 input channels (Winograd applies)
+CASES = {
+    "same_wide_rows": ((2, 8, 40, 37), (9, 8, 3, 3), dict(pad=1)),  # 19 tiles a row: two vector calls, overlapping
+    "valid_even": ((2, 8, 34, 34), (8, 8, 3, 3), dict()),
+    "asymmetric_wide": ((1, 6, 35, 70), (12, 6, 3, 3), dict(pad=((0, 2), (2, 1)))),
+    "small_images": ((5, 4, 7, 6), (5, 4, 3, 3), dict(pad=1)),  # panels across images, a last partial panel
+    "odd_output": ((3, 9, 7, 8), (5, 9, 3, 3), dict(pad=(0, 1))),
+    "pad_beyond_reach": ((2, 8, 5, 6), (5, 8, 3, 3), dict(pad=3)),  # backward_data's pads are -1
+    "dilated": ((2, 8, 12, 10), (16, 8, 3, 3), dict(pad=2, dilation=2)),
+    "dilated_mixed": ((1, 8, 7, 9), (4, 8, 3, 3), dict(pad=(3, 1), dilation=(2, 3))),
+    "one_pixel": ((1, 8, 1, 1), (4, 8, 3, 3), dict(pad=1)),
+}
+
+
+def _k(ws, y_shape, xs):
+    return max(ws[1] * 9, ws[0] * 9, xs[0] * xs[2] * xs[3], y_shape[0] * y_shape[2] * y_shape[3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", list(CASES))
+def test_winograd_agrees_with_reference(case, dtype):
+    xs, ws, kw = CASES[case]
+    rng = np.random.default_rng(11)
+    x, w = uniform(rng, xs, dtype), uniform(rng, ws, dtype)
+    y_ref = R.conv2d(x, w, **kw)
+    dy = uniform(rng, y_ref.shape, dtype)
+    dx_ref, dw_ref, _ = R.conv2d_backward(dy, x, w, **kw)
+    k = _k(ws, y_ref.shape, xs)
+    assert_close(fastconv.conv2d(x, w, **kw, strategy="winograd"), y_ref, dtype, k=k, what=f"{case} y")
+    dx, dw_, _ = fastconv.conv2d_backward(dy, x, w, **kw, strategy="winograd")
+    assert_close(dx, dx_ref, dtype, k=k, what=f"{case} dx")
+    assert_close(dw_, dw_ref, dtype, k=k, what=f"{case} dw")
+
+
+@pytest.mark.parametrize("case", ["same_wide_rows", "dilated", "small_images"])
+def test_winograd_transposed_agrees_with_reference(case):
+    """conv_transpose2d runs backward_data forward: the Winograd forward of its input with the flipped kernel."""
+    xs, ws, kw = CASES[case]
+    rng = np.random.default_rng(12)
+    x = uniform(rng, (xs[0], ws[0], 9, 11))  # conv_transpose2d's w is (C, M, KH, KW)
+    w = uniform(rng, ws)
+    y_ref = R.conv_transpose2d(x, w, **kw)
+    assert_close(fastconv.conv_transpose2d(x, w, **kw, strategy="winograd"), y_ref, np.float64,
+                 k=_k(ws, y_ref.shape, xs) * 4, what="y")
+
+
+def _kernels(call):
+    """The parallel kernels ``call()`` launches through direct._run (which winograd uses too)."""
+    calls = []
+    real = direct._run
+
+    def spy(kern, *args):
+        calls.append(kern)
+        return real(kern, *args)
+
+    direct._run = spy
+    try:
+        call()
+    finally:
+        direct._run = real
+    return calls
+
+
+def test_winograd_runs_where_it_applies_and_direct_elsewhere():
+    x, w = np.ones((2, 8, 9, 9)), np.ones((8, 8, 3, 3))
+    assert winograd._forward_kernel in _kernels(lambda: fastconv.conv2d(x, w, pad=1, strategy="winograd"))
+    dy = np.ones((2, 8, 9, 9))
+    bwd = _kernels(lambda: fastconv.conv2d_backward(dy, x, w, pad=1, strategy="winograd"))
+    assert bwd[1] == winograd._forward_kernel and bwd[-1] == direct._backward_filter_kernel
+    for args, kw in [((np.ones((2, 8, 9, 9)), np.ones((8, 8, 5, 5))), {}),  # 5x5
+                     ((np.ones((2, 8, 9, 9)), np.ones((8, 8, 3, 3))), dict(stride=2)),
+                     ((np.ones((2, 8, 9, 9)), np.ones((8, 4, 3, 3))), dict(groups=2)),
+                     ((np.ones((2, 2, 9, 9)), np.ones((8, 2, 3, 3))), {})]:  # 2 input channels
+        assert winograd._forward_kernel not in _kernels(lambda a=args, k=kw: fastconv.conv2d(*a, **k,
+                                                                                            strategy="winograd"))
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("case", ["same_wide_rows", "dilated"])
+def test_nonfinite_input_reaches_only_its_outputs(case, value):
+    """A NaN / infinity would spread over its tile (inf - inf); the call falls back to "direct"."""
+    xs, ws, kw = CASES[case]
+    rng = np.random.default_rng(13)
+    x, w = uniform(rng, xs), uniform(rng, ws)
+    x[1, 3, 5, 6] = value
+    y_ref = R.conv2d(x, w, **kw)
+    launched = []
+    real = direct._run
+
+    def spy(kern, *args):
+        launched.append(kern)
+        return real(kern, *args)
+
+    direct._run = spy
+    try:
+        y = fastconv.conv2d(x, w, **kw, strategy="winograd")
+    finally:
+        direct._run = real
+    assert winograd._forward_kernel in launched and launched[-1] == direct._forward_tiles_kernel  # the fallback
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    np.testing.assert_array_equal(np.isposinf(y), np.isposinf(y_ref))
+    np.testing.assert_array_equal(np.isneginf(y), np.isneginf(y_ref))
+    fin = np.isfinite(y_ref)
+    assert fin.any() and not fin.all()
+    assert_close(y[fin], y_ref[fin], np.float64, k=1000)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+@pytest.mark.parametrize("case", ["same_wide_rows", "small_images", "dilated"])
+def test_winograd_bit_identical_for_one_and_two_threads(case, restore_threads):
+    xs, ws, kw = CASES[case]
+    rng = np.random.default_rng(14)
+    x, w = uniform(rng, xs, np.float32), uniform(rng, ws, np.float32)
+    _, out = conv_geometry(xs, ws, 1, kw.get("pad", 0), kw.get("dilation", 1), 1)
+    dy = uniform(rng, out, np.float32)
+    res = []
+    for t in (1, 2):
+        fastconv.set_num_threads(t)
+        res.append((fastconv.conv2d(x, w, **kw, strategy="winograd"),)
+                   + fastconv.conv2d_backward(dy, x, w, **kw, strategy="winograd")[:2])
+    for a, b in zip(*res, strict=True):
+        assert a.tobytes() == b.tobytes()
