@@ -27,6 +27,7 @@ from ._params import (
     transposed_geometry,
     window_out_hw,
 )
+from ._registry import Strategy
 from ._small import serial_if_small
 from .kernels import _nonfinite
 from .kernels.bias import add_bias, bias_grad
@@ -48,13 +49,22 @@ def _bias(bias: Any, m: int) -> np.ndarray | None:
     return b
 
 
-def _add_bias(y: np.ndarray, b: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``y + b`` per output channel, in place: in parallel (kernels/bias.py) for the strategies' C-contiguous output."""
+def _add_bias(y: np.ndarray, b: np.ndarray, dtype: np.dtype, strat: Strategy) -> np.ndarray:
+    """``y + b`` per output channel, in place: in parallel (kernels/bias.py) after a strategy on numba's pool,
+    by NumPy after one on Python threads (see ``Strategy.numba_pool``); one addition per element either way."""
     bc = np.ascontiguousarray(b, dtype=dtype)
-    if y.dtype == dtype and y.flags.c_contiguous and y.flags.writeable:
+    if strat.numba_pool and y.dtype == dtype and y.flags.c_contiguous and y.flags.writeable:
         return add_bias(y, bc)
     y += bc[None, :, None, None]
     return y
+
+
+def _bias_grad(dy: np.ndarray, strat: Strategy) -> np.ndarray:
+    """``db``: kernels/bias.py's parallel float64 sums after a strategy on numba's pool, NumPy's float64 sum
+    after one on Python threads (see ``Strategy.numba_pool``)."""
+    if strat.numba_pool:
+        return bias_grad(dy)
+    return dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dy.dtype)
 
 
 def _macs(out_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:
@@ -116,7 +126,7 @@ def conv2d(
     wc = prepare(wa, dtype)
     with serial_if_small(_macs(out_shape, wa.shape), "macs"):
         y = _exact_if_nonfinite(strat, wc).forward(prepare(xa, dtype), wc, geom, out_shape[2:])
-        return y if b is None else _add_bias(y, b, dtype)
+        return y if b is None else _add_bias(y, b, dtype, strat)
 
 
 @_quiet
@@ -147,7 +157,7 @@ def conv2d_backward(
     with serial_if_small(2 * _macs(out_shape, wa.shape), "macs"):
         dx = strat.backward_data(dyc, wc, geom, xa.shape[2:])
         dw = strat.backward_filter(dyc, xc, geom, wa.shape[2:])
-        return dx, dw, bias_grad(dyc)
+        return dx, dw, _bias_grad(dyc, strat)
 
 
 @_quiet
@@ -186,7 +196,7 @@ def conv_transpose2d(
     wc = prepare(wa, dtype)
     with serial_if_small(_macs(xa.shape, wa.shape), "macs"):
         y = _exact_if_nonfinite(strat, wc).backward_data(prepare(xa, dtype), wc, geom, out_shape[2:])
-        return y if b is None else _add_bias(y, b, dtype)
+        return y if b is None else _add_bias(y, b, dtype, strat)
 
 
 @_quiet
@@ -216,7 +226,7 @@ def conv_transpose2d_backward(
     with serial_if_small(2 * _macs(xa.shape, wa.shape), "macs"):
         dx = strat.forward(dyc, wc, geom, xa.shape[2:])
         dw = strat.backward_filter(xc, dyc, geom, wa.shape[2:])
-        return dx, dw, bias_grad(dyc)
+        return dx, dw, _bias_grad(dyc, strat)
 
 
 def _im2col_geometry(x_shape, size, stride, pad, dilation):

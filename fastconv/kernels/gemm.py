@@ -320,5 +320,6 @@ IM2COL = register(
         backward_data=backward_data,
         backward_filter=backward_filter,
         summary="im2col column matrix per tile, then BLAS GEMM; dx by col2im of Wᵀ·dy",
+        numba_pool=False,
     )
 )

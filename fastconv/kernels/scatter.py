@@ -271,5 +271,6 @@ COL2IM = register(
         backward_data=backward_data,
         backward_filter=backward_filter,
         summary="kn2row: GEMM on the un-expanded input, then a race-free col2im scatter / shift-and-add",
+        numba_pool=False,
     )
 )
