@@ -179,8 +179,8 @@ def _shape_errors(geometry, xs, ws, *args):
 
 #: Seconds of fixed overhead per primitive call (Python, validation, thread hand-off).
 CALL_OVERHEAD = {"direct": 20e-6, "im2col": 60e-6, "col2im": 60e-6, "winograd": 40e-6}
-#: Single-thread float32 BLAS peak (flop/s); float64 runs at half.
-GEMM_PEAK = 150e9
+#: Single-thread float32 BLAS peak (flop/s); float64 runs at half (recalibrated, see DIRECT_HEDGE).
+GEMM_PEAK = 130e9
 #: Seconds per BLAS call (NumPy matmul dispatch, packing set-up).
 GEMM_CALL = 3e-6
 #: Half-efficiency sizes of the GEMM's m (rows of the result), k (inner) and n (columns).
@@ -215,12 +215,9 @@ WINO_U_BW = (2.5e9, 50e9)
 DIRECT_BW = 16e9
 #: "direct" backward_data by kn2row (>= 8 output channels per group): scatter-adds/s of one thread.
 DIRECT_SCATTER = 1.5e9
-#: "direct"'s estimates are multiplied by this hedge.  The constants above match direct's measured times
-#: (1 thread, within ~30%), but the GEMM strategies' estimates currently run ~2-2.5x above their measured
-#: times on the suite (lenet2 / res3x3_56 / stem7x7 backward: estimates 18 / 109 / 118 ms, measured 7 / 39 /
-#: 53 ms), so unhedged, auto would move those to "direct", which measures 1.3-2x slower there.  With the hedge
-#: auto keeps them on the GEMM strategies and still picks "direct" where it wins clearly (depthwise, lenet1).
-#: Set it back to 1.0 once the GEMM estimates are recalibrated.
+#: "direct"'s estimates are multiplied by this hedge.  It was 2.0 while the GEMM estimates ran ~2x above their
+#: measured times; GEMM_PEAK (80 -> 130 GFLOP/s) and MEM_BW (6 -> 9 GB/s) were recalibrated against the suite
+#: (2 threads, bias by NumPy after the GEMM strategies: within ~15 % on res3x3_14, pw1x1_28, lenet2), so 1.0.
 DIRECT_HEDGE = 1.0
 #: The depthwise-like grouped kernels of "im2col"/"col2im": useful flop/s of one thread.
 GROUPED_RATE = 6e9
