@@ -45,9 +45,6 @@ from ._tiles import Conv, conv_of
 from ._ukernel import MR as _MR
 from ._ukernel import columns, input_tiles, lanes, output_tiles, tile_taps
 
-#: F(2x2, 3x3): the kernel transform G (4x3); Bᵀ and Aᵀ are written out in the kernels.
-_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-
 
 def applies(cv: Conv) -> bool:
     """Whether Winograd F(2x2, 3x3) runs ``cv``'s forward (else "direct" does)."""
@@ -69,15 +66,44 @@ def _padded(cv: Conv) -> tuple[int, int]:
     return _tile_start(th - 1, cv.dh) + 3 * cv.dh + 1, _tile_start(tw - 1, cv.dw) + 3 * cv.dw + 1
 
 
+#: Elements after each position's block of the transformed kernel: the 16 blocks would otherwise lie a multiple of
+#: 4 KiB apart (and map to the same L1 sets; writing them took 3.8 ms for 256 x 256 channels, 0.5 ms padded).
+_UPAD = 16
+
+
 def _transform_weights(w: np.ndarray) -> np.ndarray:
-    """``ap[pos, b, c * MR + r] = U[pos, b * MR + r, c]``, ``U = G g Gᵀ`` (computed in float64), zero-padded to whole
-    blocks of ``MR`` output channels."""
+    """``ap[pos, (b * C + c) * MR + r] = U[pos, b * MR + r, c]``, ``U = G g Gᵀ`` (computed in float64), zero-padded
+    to whole blocks of ``MR`` output channels; ``_UPAD`` unused elements end each position's row."""
     m, c = w.shape[:2]
-    nmb = -(-m // _MR)
-    u = np.einsum("ik,mckl,jl->ijmc", _G, w.astype(np.float64), _G).reshape(16, m, c)
-    up = np.zeros((16, nmb * _MR, c), dtype=w.dtype)
-    up[:, :m] = u
-    return np.ascontiguousarray(up.reshape(16, nmb, _MR, c).transpose(0, 1, 3, 2)).reshape(16, nmb, c * _MR)
+    ap = np.zeros((16, -(-m // _MR) * c * _MR + _UPAD), dtype=w.dtype)
+    _transform_weights_kernel(w, ap)
+    return ap
+
+
+@kernel
+def _transform_weights_kernel(w, ap):
+    """:func:`_transform_weights`'s loop (NumPy's einsum took 16 ms for 256 x 256 channels).  G's entries are 0, 1
+    and 1/2, so each product is exact and the sums run in float64 in einsum's order."""
+    m_, c_ = w.shape[0], w.shape[1]
+    t = np.empty((4, 3))
+    for b in range((m_ + _MR - 1) // _MR):
+        for c in range(c_):
+            for r in range(min(_MR, m_ - b * _MR)):  # (the MR outputs of a block are written side by side)
+                g = w[b * _MR + r, c]
+                q = (b * c_ + c) * _MR + r
+                # G g: rows (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2) of each column
+                for k in range(3):
+                    g0, g1, g2 = np.float64(g[0, k]), np.float64(g[1, k]), np.float64(g[2, k])
+                    t[0, k] = g0
+                    t[1, k] = 0.5 * g0 + 0.5 * g1 + 0.5 * g2
+                    t[2, k] = 0.5 * g0 - 0.5 * g1 + 0.5 * g2
+                    t[3, k] = g2
+                for i in range(4):  # (G g) Gᵀ: the same along the rows
+                    a0, a1, a2 = t[i, 0], t[i, 1], t[i, 2]
+                    ap[4 * i, q] = a0
+                    ap[4 * i + 1, q] = 0.5 * a0 + 0.5 * a1 + 0.5 * a2
+                    ap[4 * i + 2, q] = 0.5 * a0 - 0.5 * a1 + 0.5 * a2
+                    ap[4 * i + 3, q] = a2
 
 
 def _pad_copy(x: np.ndarray, pt: int, pl: int, hp: int, wp: int) -> np.ndarray:
@@ -223,17 +249,53 @@ def _output_tiles(yflat, mb, q0, s, o0, cnt, step, dw, low, both):
                 yflat[o + low + dw] = e1 - e2 - e3
 
 
+@kernel
+def _segments(p, seg, out, total, nr, per_img, tw_, cnt_, c_, m_, plane, wp, hw, oh_, ow_, dh, dw):
+    """The segments of panel ``p`` into ``seg`` / ``out`` (see :func:`_forward_kernel`); returns (segments, tiles)."""
+    step = 2 * dw
+    nseg = 0
+    j = 0
+    while j < nr and p * nr + j < total:
+        gt = p * nr + j
+        n = gt // per_img
+        r = gt - n * per_img
+        ta = r // tw_
+        tb = r - ta * tw_
+        phase = tb // cnt_
+        idx = tb - phase * cnt_
+        cnt = min(cnt_ - idx, nr - j, total - gt)
+        oy = (ta // dh) * 2 * dh + ta % dh
+        ox = idx * step + phase
+        seg[nseg, 0] = j
+        seg[nseg, 1] = cnt
+        seg[nseg, 2] = n * c_ * plane + oy * wp + ox
+        out[nseg, 0] = n * m_ * hw + oy * ow_ + ox
+        # tile k of this phase has its left column k * step + phase inside the output while < ow, its right
+        # column while k * step + phase + dw < ow; rows likewise (a tile row may lie below the output)
+        left = max(0, min(cnt, (ow_ - phase + step - 1) // step - idx)) if oy < oh_ else 0
+        out[nseg, 1] = max(0, min(left, (ow_ - phase - dw + step - 1) // step - idx))
+        out[nseg, 2] = dh * ow_ if oy + dh < oh_ else 0
+        out[nseg, 3] = left
+        nseg += 1
+        j += cnt
+    return nseg, j
+
+
 @parallel_kernel
-def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, flags):
-    """One task per panel of ``nr`` tiles.  Tiles are numbered by image, tile row, column phase (``ox % dw``) and
-    index, so that runs of them (segments, one image, tile row and phase) lie ``2 * dw`` columns apart."""
+def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, group, flags):
+    """One task per ``group`` consecutive panels of ``nr`` tiles.  Tiles are numbered by image, tile row, column
+    phase (``ox % dw``) and index, so that runs of them (segments, one image, tile row and phase) lie ``2 * dw``
+    columns apart.  A task transforms its panels' inputs, then runs the 16 products position by position, each
+    block of the transformed kernel against every panel of the group (so a large kernel is read once per group,
+    not per panel), then transforms the outputs back."""
     n_, c_, hp, wp = xp.shape
-    nmb = ap.shape[1]
+    nmb = (ap.shape[1] - _UPAD) // (c_ * _MR)
     mp = nmb * _MR
     tw_ = cnt_ * dw
     per_img = th_ * tw_
     total = n_ * per_img
     npan = (total + nr - 1) // nr
+    ntask = (npan + group - 1) // group
     plane = hp * wp
     flat = xp.reshape(n_ * c_ * plane)
     y = np.empty((n_, m_, oh_, ow_), dtype=xp.dtype)
@@ -243,62 +305,63 @@ def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, flags):
     sv = _stride(c_ * nr)
     s = _stride(mp * nr)
     zero = xp.dtype.type(0)
-    for p in prange(npan):
-        v = np.empty(16 * sv, dtype=xp.dtype)
-        for pos in range(16):  # the gaps between the positions (read by the flag's sum only)
-            v[pos * sv + c_ * nr:(pos + 1) * sv] = 0
-        mb = np.empty(16 * s, dtype=xp.dtype)
+    for t in prange(ntask):
+        p0 = t * group
+        ng = min(group, npan - p0)
+        v = np.empty((ng, 16 * sv), dtype=xp.dtype)
+        mb = np.empty((ng, 16 * s), dtype=xp.dtype)
         offs = np.arange(c_) * nr
-        seg = np.empty((nr, 3), dtype=np.int64)  # (first tile, tiles, patch offset in channel 0)
-        out = np.empty((nr, 4), dtype=np.int64)  # (first output in channel 0, tiles with both columns, row below,
-        #                                            tiles with a left column)
-        nseg = 0
-        j = 0
-        while j < nr and p * nr + j < total:
-            gt = p * nr + j
-            n = gt // per_img
-            r = gt - n * per_img
-            ta = r // tw_
-            tb = r - ta * tw_
-            phase = tb // cnt_
-            idx = tb - phase * cnt_
-            cnt = min(cnt_ - idx, nr - j, total - gt)
-            oy = (ta // dh) * 2 * dh + ta % dh
-            ox = idx * step + phase
-            seg[nseg, 0] = j
-            seg[nseg, 1] = cnt
-            seg[nseg, 2] = n * c_ * plane + oy * wp + ox
-            out[nseg, 0] = n * m_ * hw + oy * ow_ + ox
-            # tile k of this phase has its left column k * step + phase inside the output while < ow, its right
-            # column while k * step + phase + dw < ow; rows likewise (a tile row may lie below the output)
-            left = max(0, min(cnt, (ow_ - phase + step - 1) // step - idx)) if oy < oh_ else 0
-            out[nseg, 1] = max(0, min(left, (ow_ - phase - dw + step - 1) // step - idx))
-            out[nseg, 2] = dh * ow_ if oy + dh < oh_ else 0
-            out[nseg, 3] = left
-            nseg += 1
-            j += cnt
-        for pos in range(16):  # tiles past the last image: zeros
-            for c in range(c_):
-                v[pos * sv + c * nr + j:pos * sv + (c + 1) * nr] = 0
-        flags[p] = _input_transform(v, flat, plane, wp, c_, seg, nseg, step, nr, dh, dw, vl, zero)
+        seg = np.empty((ng, nr, 3), dtype=np.int64)  # (first tile, tiles, patch offset in channel 0)
+        out = np.empty((ng, nr, 4), dtype=np.int64)  # (first output in channel 0, tiles with both columns, row
+        nseg = np.empty(ng, dtype=np.int64)  #          below, tiles with a left column)
+        for g in range(ng):
+            vg = v[g]
+            nseg[g], j = _segments(p0 + g, seg[g], out[g], total, nr, per_img, tw_, cnt_, c_, m_, plane, wp, hw,
+                                   oh_, ow_, dh, dw)
+            for pos in range(16):  # the gaps between the positions (read by the flag's sum only), tiles past the
+                vg[pos * sv + c_ * nr:(pos + 1) * sv] = 0  # last image
+                for c in range(c_):
+                    vg[pos * sv + c * nr + j:pos * sv + (c + 1) * nr] = 0
+            flags[p0 + g] = _input_transform(vg, flat, plane, wp, c_, seg[g], nseg[g], step, nr, dh, dw, vl, zero)
         for pos in range(16):
             for b in range(nmb):
-                tile_taps(ap[pos, b], v, pos * sv, offs, mb[pos * s + b * _MR * nr:], c_, False)
-        for m in range(m_):
-            for i in range(nseg):
-                j0 = seg[i, 0]
-                o0 = out[i, 0] + m * hw
-                nb, nl = out[i, 1], out[i, 3]
-                done = 0
-                if step == 2 and nb >= vl:  # dilation 1: vl tiles per vector call, both columns in one store
-                    for jb in range(0, nb, vl):
-                        jv = min(jb, nb - vl)
-                        output_tiles(mb, m * nr + j0 + jv, s, yflat, o0 + 2 * jv, out[i, 2])
-                    done = nb
-                _output_tiles(yflat, mb, m * nr + j0 + done, s, o0 + done * step, nb - done, step, dw, out[i, 2], True)
-                if nb < nl:
-                    _output_tiles(yflat, mb, m * nr + j0 + nb, s, o0 + nb * step, nl - nb, step, dw, out[i, 2], False)
+                for g in range(ng):
+                    tile_taps(ap[pos, b * c_ * _MR:], v[g], pos * sv, offs, mb[g, pos * s + b * _MR * nr:], c_, False)
+        for g in range(ng):
+            mg = mb[g]
+            for m in range(m_):
+                for i in range(nseg[g]):
+                    j0 = seg[g, i, 0]
+                    o0 = out[g, i, 0] + m * hw
+                    nb, nl, low = out[g, i, 1], out[g, i, 3], out[g, i, 2]
+                    done = 0
+                    if step == 2 and nb >= vl:  # dilation 1: vl tiles per vector call, both columns in one store
+                        for jb in range(0, nb, vl):
+                            jv = min(jb, nb - vl)
+                            output_tiles(mg, m * nr + j0 + jv, s, yflat, o0 + 2 * jv, low)
+                        done = nb
+                    _output_tiles(yflat, mg, m * nr + j0 + done, s, o0 + done * step, nb - done, step, dw, low, True)
+                    if nb < nl:
+                        _output_tiles(yflat, mg, m * nr + j0 + nb, s, o0 + nb * step, nl - nb, step, dw, low, False)
     return y
+
+
+#: Bytes of the transformed kernel above which a task takes several panels (it is then read from memory, once per
+#: task instead of once per panel: res3x3_14's is 4 MiB); and at most this many bytes of V and M per task.
+_U_CACHED = 2**20
+_GROUP_BYTES = 16 * 2**20
+
+
+def _group(cv: Conv, isz: int) -> int:
+    """Panels per task: one while the transformed kernel stays in cache, else as many as the threads' share of
+    the panels (within _GROUP_BYTES of V and M per task).  The grouping does not change any result."""
+    nr = columns(isz)
+    mp = -(-cv.mg // _MR) * _MR
+    if 16 * mp * cv.c * isz <= _U_CACHED:
+        return 1
+    npan = -(-cv.n * _tiles_of(cv.oh, cv.dh) * _tiles_of(cv.ow, cv.dw) // nr)
+    per_panel = 16 * (cv.c + mp) * nr * isz
+    return max(1, min(-(-npan // max(1, get_num_threads())), _GROUP_BYTES // per_panel))
 
 
 def _forward(x: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray | None:
@@ -310,7 +373,7 @@ def _forward(x: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray | None:
     nr = columns(x.dtype.itemsize)
     flags = np.zeros(-(-cv.n * th * tw // nr), dtype=x.dtype)
     y = direct._run(_forward_kernel, xp, _transform_weights(w), cv.m, cv.dh, cv.dw, cv.oh, cv.ow, th, tw // cv.dw, nr,
-                    lanes(x.dtype.itemsize), flags)
+                    lanes(x.dtype.itemsize), _group(cv, x.dtype.itemsize), flags)
     return y if not flags.any() else None
 
 
@@ -347,10 +410,11 @@ def forward_bound(cv: Conv, isz: int) -> int:
         nr = columns(isz)
         mp = -(-cv.mg // _MR) * _MR
         npan = -(-cv.n * _tiles_of(cv.oh, cv.dh) * _tiles_of(cv.ow, cv.dw) // nr)
-        # the float64 kernel and its transform (einsum, no temporaries), the zero-padded U and its packed copy
-        weights = cv.m * cv.c * (9 + 16) * 8 + 2 * 16 * mp * cv.c * isz
-        per_task = 16 * (cv.c * nr + 32 + mp * nr + 32) * isz + (cv.c + 7 * nr) * 8  # v, mb, offs, seg, out
-        own = cv.n * cv.c * hp * wp * isz + weights + npan * isz + direct._per_tasks(npan, per_task, 1)
+        weights = 16 * (mp * cv.c + _UPAD) * isz + 4 * 3 * 8  # the packed transformed kernel, a 4x3 temporary
+        group = _group(cv, isz)
+        # per task: v, mb (per panel), offs, seg, out, nseg
+        per_task = group * (16 * (cv.c * nr + 32 + mp * nr + 32) * isz + 7 * nr * 8 + 8) + cv.c * 8
+        own = cv.n * cv.c * hp * wp * isz + weights + npan * isz + direct._per_tasks(-(-npan // group), per_task, 1)
     return max(own, direct.forward_bound(cv, isz))
 
 
