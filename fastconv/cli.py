@@ -320,7 +320,7 @@ def _dispatch_lines(fc: Any) -> list[str]:
     if hasattr(fc, "get_workspace_limit"):
         limit = fc.get_workspace_limit()
         env = os.environ.get("FASTCONV_WORKSPACE_BYTES")
-        lines.append(f"workspace  {limit} bytes ({limit / 2**20:.0f} MiB) for GEMM scratch"
+        lines.append(f"workspace  {limit} bytes ({limit / 2**20:.0f} MiB) of scratch per call, every strategy"
                      + (f" (FASTCONV_WORKSPACE_BYTES={env})" if env else ""))
     try:
         from . import _dispatch

@@ -19,6 +19,16 @@ The vector width follows the CPU numba compiles for (``numba.config.CPU_NAME`` /
 128-bit otherwise.  The constants are fixed at import; numba's disk cache is keyed by the
 CPU too, so a cached kernel always matches them.  Sums are taken tap by tap in order for
 every output element, so results do not depend on the blocking or the thread count.
+
+The other intrinsics here, likewise explicit vector code:
+
+* :func:`tile_dots` -- ``DR x DT`` dot products (four ``dy`` rows x six shifted scratch rows,
+  "direct"'s weight gradient), vector accumulators summed over the lanes in a fixed order;
+* :func:`input_tiles` / :func:`output_tiles` -- "winograd"'s input and output transforms of
+  ``lanes`` tiles two columns apart (even and odd lanes split / interleaved by shuffles).
+
+The 256- and 128-bit variants are tested by running the suite with ``NUMBA_CPU_NAME=haswell``
+(plus its ``NUMBA_CPU_FEATURES``) and ``NUMBA_CPU_NAME=generic`` (a cache directory of their own).
 """
 
 from __future__ import annotations

@@ -1171,6 +1171,7 @@ DIRECT = register(
         forward=forward,
         backward_data=backward_data,
         backward_filter=backward_filter,
-        summary="loop nests over small per-task padded (polyphase) scratch planes; taps as offsets, 8 per pass",
+        summary="loop nests over per-task padded (polyphase) scratch planes, taps as offsets; a register-blocked "
+                "micro-kernel for dense layers",
     )
 )
