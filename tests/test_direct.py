@@ -39,6 +39,10 @@ CASES = {
     "dw3x3_asymmetric_pad": ((2, 4, 7, 9), (4, 1, 3, 3), dict(pad=((2, 0), (0, 2)), groups=4)),
     "dw5x5_same_narrow": ((2, 2, 6, 3), (2, 1, 5, 5), dict(pad=2, groups=2)),  # every column a border column
     "dw3x3_one_row": ((1, 3, 1, 5), (3, 1, 3, 3), dict(pad=1, groups=3)),  # every row a border row
+    # a column reach beyond the width: every column a border column (found by hypothesis: the one column of a
+    # 1-pixel-wide image was left unwritten)
+    "same_width_one_column": ((2, 1, 5, 1), (1, 1, 1, 3), dict(pad=2, dilation=(1, 2))),
+    "same_width_reach_beyond": ((2, 2, 6, 2), (3, 2, 3, 3), dict(pad=3, dilation=3)),
     "grouped_cg2": ((2, 4, 8, 9), (6, 2, 3, 3), dict(pad=1, groups=2)),
     "lenet1_like": ((3, 1, 12, 11), (4, 1, 5, 5), dict()),
     "lenet1_like_dilated": ((2, 1, 12, 11), (3, 1, 3, 2), dict(dilation=(2, 3))),

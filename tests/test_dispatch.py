@@ -100,7 +100,7 @@ def test_auto_matches_named_strategy_for_every_choice(monkeypatch):
 
 def test_cost_model_regions_on_the_benchmark_layers():
     """The documented regions (docs/strategies.md), where the measured gap is wide (>= 20 %): the GEMM
-    strategies for the 1x1 layer and res3x3_14's backward (many channels, small image), Winograd for the
+    strategies for the 1x1 layer's and res3x3_14's backward (many channels), Winograd for the
     3x3 ResNet layers (forward; 56x56 backward too), direct for depthwise and single-channel layers, no kn2row
     forward on a 3-channel strided stem, col2im for transposed convolution, direct for tiny calls."""
     choices = {}
@@ -108,8 +108,8 @@ def test_cost_model_regions_on_the_benchmark_layers():
         for op in ("conv2d", "conv2d_backward"):
             choices[name, op] = fastconv.choose_strategy(op, xs, ws, **kw)
             assert choices[name, op] in fastconv.STRATEGIES
-    for key in [("pw1x1_28", "conv2d"), ("pw1x1_28", "conv2d_backward"), ("res3x3_14", "conv2d_backward")]:
-        assert choices[key] != "direct", key
+    for key in [("pw1x1_28", "conv2d_backward"), ("res3x3_14", "conv2d_backward")]:
+        assert choices[key] not in ("direct", "winograd"), key
     for key in [("dw3x3_56", "conv2d"), ("dw3x3_56", "conv2d_backward"), ("lenet1", "conv2d"),
                 ("lenet1", "conv2d_backward")]:
         assert choices[key] == "direct", key

@@ -657,7 +657,7 @@ def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1,
             if nrun > 0:
                 _accumulate(flat[j0:], grp, offs, wo, nrun, True)
                 left = min(cl0, w_)
-                right = max(cl0, w_ - cr)
+                right = max(left, w_ - cr)  # (cl0 + cr >= W: every column is a border column)
                 for qq in range(left + w_ - right):  # the border columns of rows r0:r1, over the taps inside
                     q = qq if qq < left else right + qq - left
                     nv = 0
