@@ -12,12 +12,14 @@ from the direct sum only by rounding (measured: within the float32 tolerances of
 against the float64 reference).  With a dilation ``d`` a tile is the outputs
 ``(oy0 + d*u, ox0 + d*v)``, u, v in {0, 1}, and its patch the inputs ``d`` apart.
 
-* forward: the input is copied once, zero-padded (no bounds checks in the gathers); one task per
-  *panel* of ``NR`` tiles (tiles of all images numbered in a row, so panels waste no columns):
-  the task transforms the panel's patches of every input channel into ``V[pos, c, j]``, runs the
-  16 products by the register-blocked micro-kernel (:func:`._ukernel.tile_taps`, ``MR`` output
-  channels x the ``NR`` tiles, summed over the input channels in order), then transforms
-  ``M[pos, m, j]`` back into the tiles' outputs.  Every output element is written by one task.
+* forward: the input is copied once, zero-padded (no bounds checks in the gathers); the tiles of
+  all images are numbered in a row and cut into *panels* of ``NR`` tiles (so panels waste no
+  columns); one task per group of panels (one panel while the transformed kernel stays in cache,
+  :func:`_group`): the task transforms its panels' patches of every input channel into
+  ``V[pos, c, j]``, runs the 16 products by the register-blocked micro-kernel
+  (:func:`._ukernel.tile_taps`, ``MR`` output channels x the ``NR`` tiles, summed over the input
+  channels in order), then transforms ``M[pos, m, j]`` back into the tiles' outputs.  Every output
+  element is written by one task, and its value does not depend on the grouping.
 * backward_data: ``dx`` of a stride-1 convolution is the forward of ``dy`` with the flipped kernel
   (:func:`.direct._adjoint`), so by the same kernel.
 * backward_filter, and every convolution Winograd does not apply to (kernel not 3x3, strides,
@@ -56,7 +58,8 @@ def _tiles_of(out: int, d: int) -> int:
     return -(-out // (2 * d)) * d
 
 
-def _tile_start(t, d):
+def _tile_start(t: int, d: int) -> int:
+    """First output row (column) of tile row (column) ``t``."""
     return (t // d) * 2 * d + t % d
 
 
