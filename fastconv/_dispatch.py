@@ -179,12 +179,6 @@ def _shape_errors(geometry, xs, ws, *args):
 
 #: Seconds of fixed overhead per primitive call (Python, validation, thread hand-off).
 CALL_OVERHEAD = {"direct": 20e-6, "im2col": 60e-6, "col2im": 60e-6, "winograd": 40e-6}
-#: Seconds a strategy on fastconv's Python worker threads (the GEMM strategies, ``Strategy.numba_pool`` False)
-#: loses per call when numba's OpenMP threads are still spinning from a parallel kernel that ran just before
-#: (as in a network: pools, activations and the other strategies all run on numba's pool).  Measured on the
-#: suite at 2 threads: lenet2's backward by im2col took 4.6 ms after im2col's forward, 6.8 ms after direct's;
-#: pw1x1_28's forward + bias 2.3 ms with the bias added by NumPy, 3.6 ms by a parallel numba kernel.
-POOL_SWITCH = 1.0e-3
 #: Single-thread float32 BLAS peak (flop/s); float64 runs at half (recalibrated, see DIRECT_HEDGE).
 GEMM_PEAK = 130e9
 #: Seconds per BLAS call (NumPy matmul dispatch, packing set-up).
@@ -381,8 +375,6 @@ def estimate(name: str, p: Problem, threads: int | None = None) -> Candidate:
     if name not in CALL_OVERHEAD:
         return Candidate(name, math.inf, 0, 0, "no cost model for this strategy (measure it)")
     seconds, flops, scratch, notes = CALL_OVERHEAD[name] * len(PRIMITIVES[p.op]), 0, 0, []
-    if threads > 1 and not _registry.get(name).numba_pool:
-        seconds += POOL_SWITCH
     for prim in PRIMITIVES[p.op]:
         s = _scratch(name, prim, cv, isz)
         if s is None:
