@@ -82,6 +82,29 @@ def assert_close(actual, expected, dtype, k: int = 1, mag: float = 1.0, what: st
     )
 
 
+def conv_reduction(ws, y_shape, xs) -> int:
+    """The largest reduction of conv2d / its gradients on these shapes (taps x channels, or images x pixels)."""
+    kk = ws[2] * ws[3]
+    return max(ws[0] * kk, ws[1] * kk, y_shape[0] * y_shape[2] * y_shape[3], xs[0] * xs[2] * xs[3])
+
+
+def assert_conv2d_matches_reference(strategy: str, xs, ws, kw: dict, dtype, seed: int, what: str = "") -> None:
+    """conv2d and conv2d_backward (y, dx, dw) of ``strategy`` on uniform operands of shapes ``xs`` / ``ws`` equal
+    tests/reference.py within :func:`assert_close`, ``k`` the largest reduction any of the three makes."""
+    import reference as R
+
+    rng = np.random.default_rng(seed)
+    x, w = uniform(rng, xs, dtype), uniform(rng, ws, dtype)
+    y_ref = R.conv2d(x, w, **kw)
+    dy = uniform(rng, y_ref.shape, dtype)
+    dx_ref, dw_ref, _ = R.conv2d_backward(dy, x, w, **kw)
+    k = conv_reduction(ws, y_ref.shape, xs)
+    assert_close(fastconv.conv2d(x, w, **kw, strategy=strategy), y_ref, dtype, k=k, what=f"{what} y")
+    dx, dw_, _ = fastconv.conv2d_backward(dy, x, w, **kw, strategy=strategy)
+    assert_close(dx, dx_ref, dtype, k=k, what=f"{what} dx")
+    assert_close(dw_, dw_ref, dtype, k=k, what=f"{what} dw")
+
+
 # --------------------------------------------------------------------------- inputs
 
 

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 import pytest
 import reference as R
-from conftest import assert_close, uniform
+from conftest import assert_close, assert_conv2d_matches_reference, conv_reduction, uniform
 
 import fastconv
 from fastconv._params import conv_geometry
@@ -73,25 +73,11 @@ CASES = {
 UKERNEL = [c for c in CASES if c.startswith("ukernel")]
 
 
-def _k(ws, y_shape, xs):
-    kk = ws[2] * ws[3]
-    return max(ws[0] * kk, ws[1] * kk, y_shape[0] * y_shape[2] * y_shape[3], xs[0] * xs[2] * xs[3])
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", list(CASES))
 def test_direct_paths_agree_with_reference(case, dtype):
     xs, ws, kw = CASES[case]
-    rng = np.random.default_rng(3)
-    x, w = uniform(rng, xs, dtype), uniform(rng, ws, dtype)
-    y_ref = R.conv2d(x, w, **kw)
-    dy = uniform(rng, y_ref.shape, dtype)
-    dx_ref, dw_ref, _ = R.conv2d_backward(dy, x, w, **kw)
-    k = _k(ws, y_ref.shape, xs)
-    assert_close(fastconv.conv2d(x, w, **kw, strategy="direct"), y_ref, dtype, k=k, what=f"{case} y")
-    dx, dw_, _ = fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")
-    assert_close(dx, dx_ref, dtype, k=k, what=f"{case} dx")
-    assert_close(dw_, dw_ref, dtype, k=k, what=f"{case} dw")
+    assert_conv2d_matches_reference("direct", xs, ws, kw, dtype, seed=3, what=case)
 
 
 @pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "stride3_sparse_phases", "lenet1_like"])
@@ -104,7 +90,7 @@ def test_direct_transposed_agrees_with_reference(case):
     y_ref = R.conv_transpose2d(x, w, **kw)
     dy = uniform(rng, y_ref.shape)
     dx_ref, dw_ref, _ = R.conv_transpose2d_backward(dy, x, w, **kw)
-    k = _k(ws, y_ref.shape, xs) * 4
+    k = conv_reduction(ws, y_ref.shape, xs) * 4
     assert_close(fastconv.conv_transpose2d(x, w, **kw, strategy="direct"), y_ref, np.float64, k=k, what="y")
     dx, dw_, _ = fastconv.conv_transpose2d_backward(dy, x, w, **kw, strategy="direct")
     assert_close(dx, dx_ref, np.float64, k=k, what="dx")

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 import pytest
 import reference as R
-from conftest import assert_close, uniform
+from conftest import assert_close, assert_conv2d_matches_reference, conv_reduction, uniform
 
 import fastconv
 from fastconv._params import conv_geometry
@@ -40,24 +40,11 @@ CASES = {
 }
 
 
-def _k(ws, y_shape, xs):
-    return max(ws[1] * 9, ws[0] * 9, xs[0] * xs[2] * xs[3], y_shape[0] * y_shape[2] * y_shape[3])
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", list(CASES))
 def test_winograd_agrees_with_reference(case, dtype):
     xs, ws, kw = CASES[case]
-    rng = np.random.default_rng(11)
-    x, w = uniform(rng, xs, dtype), uniform(rng, ws, dtype)
-    y_ref = R.conv2d(x, w, **kw)
-    dy = uniform(rng, y_ref.shape, dtype)
-    dx_ref, dw_ref, _ = R.conv2d_backward(dy, x, w, **kw)
-    k = _k(ws, y_ref.shape, xs)
-    assert_close(fastconv.conv2d(x, w, **kw, strategy="winograd"), y_ref, dtype, k=k, what=f"{case} y")
-    dx, dw_, _ = fastconv.conv2d_backward(dy, x, w, **kw, strategy="winograd")
-    assert_close(dx, dx_ref, dtype, k=k, what=f"{case} dx")
-    assert_close(dw_, dw_ref, dtype, k=k, what=f"{case} dw")
+    assert_conv2d_matches_reference("winograd", xs, ws, kw, dtype, seed=11, what=case)
 
 
 @pytest.mark.parametrize("case", ["same_wide_rows", "dilated", "small_images"])
@@ -69,7 +56,7 @@ def test_winograd_transposed_agrees_with_reference(case):
     w = uniform(rng, ws)
     y_ref = R.conv_transpose2d(x, w, **kw)
     assert_close(fastconv.conv_transpose2d(x, w, **kw, strategy="winograd"), y_ref, np.float64,
-                 k=_k(ws, y_ref.shape, xs) * 4, what="y")
+                 k=conv_reduction(ws, y_ref.shape, xs) * 4, what="y")
 
 
 def _kernels(call):
