@@ -105,6 +105,26 @@ def assert_conv2d_matches_reference(strategy: str, xs, ws, kw: dict, dtype, seed
     assert_close(dw_, dw_ref, dtype, k=k, what=f"{what} dw")
 
 
+def launched_kernels(call) -> tuple[object, list]:
+    """(``call()``'s result, the parallel kernels it launched through ``kernels.direct._run`` -- the launcher of
+    "direct" and "winograd" -- in order)."""
+    from fastconv.kernels import direct
+
+    launched = []
+    real = direct._run
+
+    def spy(kern, *args):
+        launched.append(kern)
+        return real(kern, *args)
+
+    direct._run = spy
+    try:
+        out = call()
+    finally:
+        direct._run = real
+    return out, launched
+
+
 # --------------------------------------------------------------------------- inputs
 
 

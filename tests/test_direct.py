@@ -24,7 +24,7 @@ import numba
 import numpy as np
 import pytest
 import reference as R
-from conftest import assert_close, assert_conv2d_matches_reference, conv_reduction, uniform
+from conftest import assert_close, assert_conv2d_matches_reference, conv_reduction, launched_kernels, uniform
 
 import fastconv
 from fastconv._params import conv_geometry
@@ -99,20 +99,9 @@ def test_direct_transposed_agrees_with_reference(case):
 
 def test_same_width_path_is_taken_for_depthwise_same():
     """dw3x3 'same' at stride 1 runs straight between planes; stride 2 takes the polyphase scratch."""
-    calls = []
-    real = direct._run
-
-    def spy(kern, *args):
-        calls.append(kern)
-        return real(kern, *args)
-
     x, w = np.ones((1, 2, 5, 6)), np.ones((2, 1, 3, 3))
-    try:
-        direct._run = spy
-        fastconv.conv2d(x, w, pad=1, groups=2, strategy="direct")
-        fastconv.conv2d(x, w, stride=2, pad=1, groups=2, strategy="direct")
-    finally:
-        direct._run = real
+    _, calls = launched_kernels(lambda: (fastconv.conv2d(x, w, pad=1, groups=2, strategy="direct"),
+                                         fastconv.conv2d(x, w, stride=2, pad=1, groups=2, strategy="direct")))
     assert calls == [direct._same_width_kernel, direct._forward_kernel]
 
 
@@ -120,22 +109,11 @@ def test_same_width_path_is_taken_for_depthwise_same():
 def test_micro_kernel_paths_are_taken(case):
     """The ukernel cases run the micro-kernel forward, and (stride 1) backward_data by it too."""
     xs, ws, kw = CASES[case]
-    calls = []
-    real = direct._run
-
-    def spy(kern, *args):
-        calls.append(kern)
-        return real(kern, *args)
-
     x = np.ones(xs)
     w = np.ones(ws)
     dy = np.ones(R.conv2d(x, w, **kw).shape)
-    try:
-        direct._run = spy
-        fastconv.conv2d(x, w, **kw, strategy="direct")
-        fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")
-    finally:
-        direct._run = real
+    _, calls = launched_kernels(lambda: (fastconv.conv2d(x, w, **kw, strategy="direct"),
+                                         fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")))
     # backward_data by the micro-kernel: stride 1 and enough taps of the flipped kernel (not the 1x1 cases)
     by_tiles = kw.get("stride", 1) == 1 and "1x1" not in case
     assert len(calls) == 3 and calls[0] == direct._forward_tiles_kernel

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 import pytest
 import reference as R
-from conftest import assert_close, assert_conv2d_matches_reference, conv_reduction, uniform
+from conftest import assert_close, assert_conv2d_matches_reference, conv_reduction, launched_kernels, uniform
 
 import fastconv
 from fastconv._params import conv_geometry
@@ -59,35 +59,18 @@ def test_winograd_transposed_agrees_with_reference(case):
                  k=conv_reduction(ws, y_ref.shape, xs) * 4, what="y")
 
 
-def _kernels(call):
-    """The parallel kernels ``call()`` launches through direct._run (which winograd uses too)."""
-    calls = []
-    real = direct._run
-
-    def spy(kern, *args):
-        calls.append(kern)
-        return real(kern, *args)
-
-    direct._run = spy
-    try:
-        call()
-    finally:
-        direct._run = real
-    return calls
-
-
 def test_winograd_runs_where_it_applies_and_direct_elsewhere():
     x, w = np.ones((2, 8, 9, 9)), np.ones((8, 8, 3, 3))
-    assert winograd._forward_kernel in _kernels(lambda: fastconv.conv2d(x, w, pad=1, strategy="winograd"))
+    assert winograd._forward_kernel in launched_kernels(lambda: fastconv.conv2d(x, w, pad=1, strategy="winograd"))[1]
     dy = np.ones((2, 8, 9, 9))
-    bwd = _kernels(lambda: fastconv.conv2d_backward(dy, x, w, pad=1, strategy="winograd"))
+    _, bwd = launched_kernels(lambda: fastconv.conv2d_backward(dy, x, w, pad=1, strategy="winograd"))
     assert bwd == [winograd._forward_kernel, direct._backward_filter_kernel]
     for args, kw in [((np.ones((2, 8, 9, 9)), np.ones((8, 8, 5, 5))), {}),  # 5x5
                      ((np.ones((2, 8, 9, 9)), np.ones((8, 8, 3, 3))), dict(stride=2)),
                      ((np.ones((2, 8, 9, 9)), np.ones((8, 4, 3, 3))), dict(groups=2)),
                      ((np.ones((2, 2, 9, 9)), np.ones((8, 2, 3, 3))), {})]:  # 2 input channels
-        assert winograd._forward_kernel not in _kernels(lambda a=args, k=kw: fastconv.conv2d(*a, **k,
-                                                                                            strategy="winograd"))
+        _, launched = launched_kernels(lambda a=args, k=kw: fastconv.conv2d(*a, **k, strategy="winograd"))
+        assert winograd._forward_kernel not in launched
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
@@ -99,18 +82,7 @@ def test_nonfinite_input_reaches_only_its_outputs(case, value):
     x, w = uniform(rng, xs), uniform(rng, ws)
     x[1, 3, 5, 6] = value
     y_ref = R.conv2d(x, w, **kw)
-    launched = []
-    real = direct._run
-
-    def spy(kern, *args):
-        launched.append(kern)
-        return real(kern, *args)
-
-    direct._run = spy
-    try:
-        y = fastconv.conv2d(x, w, **kw, strategy="winograd")
-    finally:
-        direct._run = real
+    y, launched = launched_kernels(lambda: fastconv.conv2d(x, w, **kw, strategy="winograd"))
     assert winograd._forward_kernel in launched and launched[-1] == direct._forward_tiles_kernel  # the fallback
     np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
     np.testing.assert_array_equal(np.isposinf(y), np.isposinf(y_ref))
