@@ -30,6 +30,7 @@ ProgressCallback = Callable[[int, int, str], None]
 _CONV_CASES = [
     ("3x3", (8, 4, 3, 3), 1, 1, 1, 1),
     ("1x1", (5, 4, 1, 1), 1, 0, 1, 1),
+    ("3x3 stride 2, 8 output channels", (8, 4, 3, 3), 2, 1, 1, 1),  # "direct"'s backward_data by kn2row
     ("3x2 strided dilated grouped same", (6, 2, 3, 2), (2, 1), "same", (1, 2), 2),
     ("3x3 depthwise stride 2", (4, 1, 3, 3), 2, 1, 1, 4),
 ]
@@ -112,6 +113,12 @@ def _steps(dtype: np.dtype) -> list[tuple[str, Callable[[], Any]]]:
         dyb = arr(*conv_geometry(xb.shape, wb.shape, 1, 1, 1, 1)[1])
         steps.append((f"{name} {strategy} 3x3 batch of {xb.shape[0]} conv2d_backward",
                       partial(conv.conv2d_backward, dyb, xb, wb, 1, 1, strategy=strategy)))
+    # Enough input channels (KW * C = 48 columns) for "direct"'s backward_filter by GEMMs on channel-last copies
+    # ("winograd" runs the same code for its weight gradient).
+    xg, wg = arr(2, 16, 6, 7), arr(8, 16, 3, 3)
+    dyg = arr(*conv_geometry(xg.shape, wg.shape, 1, 1, 1, 1)[1])
+    steps.append((f"{name} direct 3x3 on 16 channels conv2d_backward",
+                  partial(conv.conv2d_backward, dyg, xg, wg, 1, 1, strategy="direct")))
     # A non-finite weight sends every strategy to the exact loops of kernels/_nonfinite.py (forward and backward_data).
     label, w_shape, *args = _CONV_CASES[0]
     wn = arr(*w_shape)

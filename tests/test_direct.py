@@ -15,6 +15,8 @@ the direct kernels choose by shape, each small enough to check against tests/ref
 * the register-blocked micro-kernel (forward, stride-1 backward_data): channel counts off its
   blocks, panels across rows, in-place reads with the last panel moved back, adjoint pads below
   zero, and non-finite pixels reaching only their own outputs;
+* backward_filter as GEMMs on channel-last copies (dilated columns as phases, strides, partial panels, more
+  pixels than one chunk), a non-finite pixel reaching only the taps that read it;
 * bit-identical results for 1 and 2 threads.
 """
 
@@ -69,8 +71,18 @@ CASES = {
     "ukernel_stride2_5x5": ((2, 4, 15, 14), (12, 4, 5, 5), dict(stride=2, pad=2)),
     "ukernel_grouped": ((2, 16, 9, 9), (16, 8, 3, 3), dict(pad=1, groups=2)),
     "ukernel_tall": ((1, 8, 40, 9), (8, 8, 3, 3), dict(pad=1)),
+    # backward_filter as GEMMs on channel-last copies (one group, >= MR/2 output channels, KW*C columns mostly
+    # filling the micro-kernel's panels): output channels off the MR blocks, more pixels than one chunk of
+    # _FILTER_KC (accumulated), dilated columns split into phases, strides, asymmetric pads, a partial last panel
+    "filter_gemm_3x3_chunks": ((3, 16, 12, 11), (11, 16, 3, 3), dict(pad=1)),
+    "filter_gemm_dilated_strided": ((3, 12, 13, 14), (9, 12, 3, 4), dict(stride=(2, 1), pad=((1, 0), (2, 1)),
+                                                                         dilation=(1, 2))),
+    "filter_gemm_both_strided_dilated": ((2, 8, 11, 15), (5, 8, 2, 6), dict(stride=2, pad=(0, 3), dilation=(3, 2))),
+    "filter_gemm_partial_panel": ((2, 20, 8, 8), (6, 20, 5, 5), dict()),
+    "filter_gemm_1x1": ((2, 40, 5, 6), (8, 40, 1, 1), dict()),
 }
 UKERNEL = [c for c in CASES if c.startswith("ukernel")]
+FILTER_GEMM = [c for c in CASES if c.startswith("filter_gemm")]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -118,7 +130,42 @@ def test_micro_kernel_paths_are_taken(case):
     by_tiles = kw.get("stride", 1) == 1 and "1x1" not in case
     assert len(calls) == 3 and calls[0] == direct._forward_tiles_kernel
     assert (calls[1] == direct._forward_tiles_kernel) == by_tiles
-    assert calls[2] == direct._backward_filter_kernel
+    # backward_filter: GEMMs on channel-last copies, except grouped (float64: at most 24 columns per panel, so
+    # the other cases' KW*C of 18-40 fill at least 0.75 of their panels at every vector width)
+    assert calls[2] == (direct._backward_filter_kernel if "grouped" in case else direct._filter_gemm_kernel)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [*FILTER_GEMM, "grouped_cg2", "one_tap_one_channel"])
+def test_filter_gemm_path_is_taken(case, dtype):
+    """The filter_gemm cases compute dw by GEMMs at every vector width (KW*C of 40-100 columns fills panels of
+    up to 48); grouped convolutions and a single column (KW*C = 1) take the dot products."""
+    xs, ws, kw = CASES.get(case, ((2, 1, 6, 7), (5, 1, 1, 1), dict()))
+    x, w = np.ones(xs, dtype), np.ones(ws, dtype)
+    dy = np.ones(R.conv2d(x, w, **kw).shape, dtype)
+    _, calls = launched_kernels(lambda: fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct"))
+    assert calls[-1] == (direct._filter_gemm_kernel if case in FILTER_GEMM else direct._backward_filter_kernel)
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+@pytest.mark.parametrize("where", [(0, 1, 0, 0), (2, 15, 11, 10), (1, 3, 5, 0)])
+def test_filter_gemm_nonfinite_input_reaches_only_its_taps(value, where):
+    """A NaN / Inf pixel on an edge reaches the weight gradients of the taps that read it, and no other (the
+    discarded columns of a partial last panel read neighbouring pixels)."""
+    xs, ws, kw = CASES["filter_gemm_3x3_chunks"]
+    rng = np.random.default_rng(8)
+    x, w = uniform(rng, xs), uniform(rng, ws)
+    x[where] = value
+    dy = uniform(rng, R.conv2d(x, w, **kw).shape)
+    dw_ref = R.conv2d_backward(dy, x, w, **kw)[1]
+    _, calls = launched_kernels(lambda: fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct"))
+    assert calls[-1] == direct._filter_gemm_kernel
+    dw_ = fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")[1]
+    assert np.isfinite(dw_ref).any() and not np.isfinite(dw_ref).all()
+    np.testing.assert_array_equal(np.isnan(dw_), np.isnan(dw_ref))
+    np.testing.assert_array_equal(np.isinf(dw_), np.isinf(dw_ref))
+    fin = np.isfinite(dw_ref)
+    assert_close(dw_[fin], dw_ref[fin], np.float64, k=1000)
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan])
@@ -164,7 +211,7 @@ def test_backward_filter_junk_columns_never_touch_nonfinite_input(value, where):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
 @pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2", "kn2row_stride2",
-                                  "ukernel_3x3_pad1", "ukernel_1x1_in_place", "ukernel_tall"])
+                                  "ukernel_3x3_pad1", "ukernel_1x1_in_place", "ukernel_tall", *FILTER_GEMM])
 def test_direct_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     xs = (9,) + xs[1:]  # more images than _NBLOCKS: backward_filter's image blocks hold several
