@@ -339,6 +339,7 @@ def _estimate_direct(prim: str, cv, isz: int, threads: int) -> tuple[float, int,
     operands = (n * cv.c * cv.h * cv.w + n * m * cv.p) * isz
     par = max(1, min(threads, n * m))
     from .kernels import direct
+    from .kernels._ukernel import MR, columns
 
     tiled = cv if prim == "forward" else direct._adjoint(cv) if prim == "backward_data" else None
     if tiled is not None and direct._use_tiles(tiled):
@@ -346,6 +347,11 @@ def _estimate_direct(prim: str, cv, isz: int, threads: int) -> tuple[float, int,
         tasks = tiled.n * tiled.g * -(-tiled.oh // rows)
         t = direct.tiles_macs(tiled, isz) / (TILE_RATE * 4 / isz) + operands / DIRECT_BW
         return t / max(1, min(threads, tasks)), useful, "register-blocked micro-kernel (MR channels x NR columns)"
+    gemm_macs = direct.filter_gemm_macs(cv, isz) if prim == "backward_filter" else None
+    if gemm_macs is not None and direct._use_filter_gemm(cv, isz):
+        t = gemm_macs / (TILE_RATE * 4 / isz) + 2 * operands / DIRECT_BW
+        tasks = cv.kh * -(-cv.kw * cv.c // columns(isz)) * -(-m // MR)
+        return t / max(1, min(threads, tasks)), useful, "GEMMs on channel-last copies by the micro-kernel"
     if prim == "backward_data" and mg >= 8 and kk >= 4 and cv.ow <= 4096:  # kn2row: reduce over dy, then scatter
         t = useful / 2 / (four * 4 / isz) + n * cv.c * kk * cv.p / DIRECT_SCATTER + operands / DIRECT_BW
         note = "dy planes reduced per tap (four taps x eight planes per pass), taps scatter-added"
