@@ -73,9 +73,10 @@ def columns(itemsize: int) -> int:
     return NV * lanes(itemsize)
 
 
-def _codegen(width: int, isz: int):
-    """LLVM IR builder of :func:`tile_taps`."""
-    nr = NV * width
+def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0):
+    """LLVM IR builder of :func:`tile_taps` (``mr`` x ``nv`` vector accumulators; 0: ``MR`` / ``NV``)."""
+    MR_, NV_ = mr or MR, nv or NV
+    nr = NV_ * width
 
     def codegen(context, builder, signature, args):
         ap, bp, base, offs, ct, kc, accumulate = args
@@ -92,9 +93,9 @@ def _codegen(width: int, isz: int):
         base_v = context.cast(builder, base, tbase, types.int64)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
                                              f"llvm.fma.v{width}{fty.intrinsic_name}")
-        accs = [cgutils.alloca_once(builder, vty) for _ in range(MR * NV)]
-        cptrs = [builder.bitcast(builder.gep(c, [ir.Constant(i64, (i // NV) * nr + (i % NV) * width)]), vptr)
-                 for i in range(MR * NV)]
+        accs = [cgutils.alloca_once(builder, vty) for _ in range(MR_ * NV_)]
+        cptrs = [builder.bitcast(builder.gep(c, [ir.Constant(i64, (i // NV_) * nr + (i % NV_) * width)]), vptr)
+                 for i in range(MR_ * NV_)]
         with builder.if_else(context.cast(builder, accumulate, tacc, types.boolean)) as (then, otherwise):
             with then:
                 for p, q in zip(accs, cptrs, strict=True):
@@ -108,16 +109,16 @@ def _codegen(width: int, isz: int):
             k = loop.index
             start = builder.add(base_v, builder.load(builder.gep(off, [k])))
             cols = []
-            for v in range(NV):
+            for v in range(NV_):
                 pv = builder.gep(b, [builder.add(start, ir.Constant(i64, v * width))])
                 cols.append(builder.load(builder.bitcast(pv, vptr), align=isz))
-            arow = builder.mul(k, ir.Constant(i64, MR))
-            for r in range(MR):
+            arow = builder.mul(k, ir.Constant(i64, MR_))
+            for r in range(MR_):
                 w = builder.load(builder.gep(a, [builder.add(arow, ir.Constant(i64, r))]))
                 wv = builder.shuffle_vector(builder.insert_element(undef, w, ir.Constant(ir.IntType(32), 0)), undef,
                                             splat)
-                for v in range(NV):
-                    p = accs[r * NV + v]
+                for v in range(NV_):
+                    p = accs[r * NV_ + v]
                     builder.store(builder.call(fma, [wv, cols[v], builder.load(p)]), p)
         for p, q in zip(accs, cptrs, strict=True):
             builder.store(builder.load(p), q, align=isz)

@@ -1046,29 +1046,31 @@ def _filter_gemm_kernel(dy, x, sh, sw, dh, dw, pt, pl, kh_, kw_, hp, wq, nblk, k
     dyp = np.empty(nmb * nblk * pix * _MR, dtype=x.dtype)
     offs = np.empty(nblk * pix, dtype=np.int64)
     acc = np.empty(kh_ * npan * nmb * tile, dtype=x.dtype)
+    out = np.empty((m_, c_, kh_, kw_), dtype=x.dtype)
     for n0 in range(0, n_, nblk):
         nb = min(nblk, n_ - n0)
         pb = nb * pix
-        for t in prange(nb * hp):
-            ih = t % hp - pt
-            row = xs[t * rowlen:(t + 1) * rowlen]
-            if ih < 0 or ih >= h_:
-                for i in range(rowlen):
-                    row[i] = zero
+        for t in prange(nb * hp + nmb * nb):  # the input rows' copies, then dy's blocks of MR channels
+            if t < nb * hp:
+                ih = t % hp - pt
+                row = xs[t * rowlen:(t + 1) * rowlen]
+                if ih < 0 or ih >= h_:
+                    for i in range(rowlen):
+                        row[i] = zero
+                    continue
+                xn = x[n0 + t // hp]
+                for wp in range(dw * wq):
+                    iw = wp - pl
+                    d = ((wp % dw) * wq + wp // dw) * c_
+                    if iw < 0 or iw >= w_:
+                        for c in range(c_):
+                            row[d + c] = zero
+                    else:
+                        for c in range(c_):
+                            row[d + c] = xn[c, ih, iw]
                 continue
-            xn = x[n0 + t // hp]
-            for wp in range(dw * wq):
-                iw = wp - pl
-                d = ((wp % dw) * wq + wp // dw) * c_
-                if iw < 0 or iw >= w_:
-                    for c in range(c_):
-                        row[d + c] = zero
-                else:
-                    for c in range(c_):
-                        row[d + c] = xn[c, ih, iw]
-        for t in prange(nmb * nb):
-            b = t // nb
-            nl = t % nb
+            b = (t - nb * hp) // nb
+            nl = (t - nb * hp) % nb
             for oh in range(oh_):
                 for ow in range(ow_):
                     p = (nl * oh_ + oh) * ow_ + ow
@@ -1095,15 +1097,15 @@ def _filter_gemm_kernel(dy, x, sh, sw, dh, dw, pt, pl, kh_, kw_, hp, wq, nblk, k
                         tile_taps(dyp[(b * pb + k0) * _MR:], xs, base, offs[k0:], ct, kn, False)
                         for e in range(tile):
                             a[e] += ct[e]
-    out = np.empty((m_, c_, kh_, kw_), dtype=x.dtype)
-    for ip in prange(kh_ * npan):
-        i = ip // npan
-        j0 = ip % npan * nr
-        for m in range(m_):
-            a = (ip * nmb + m // _MR) * tile + m % _MR * nr
-            for j in range(min(nr, run - j0)):
-                jj = j0 + j
-                out[m, jj % c_, i, jj // c_] = acc[a + j]
+            if n0 + nb == n_:  # the last image block: this task's sums into the weight gradient
+                i = ip // npan
+                j0 = ip % npan * nr
+                for m in range(b0 * _MR, min(b0 + mper, nmb) * _MR):
+                    if m < m_:
+                        a = (ip * nmb + m // _MR) * tile + m % _MR * nr
+                        for j in range(min(nr, run - j0)):
+                            jj = j0 + j
+                            out[m, jj % c_, i, jj // c_] = acc[a + j]
     return out
 
 
