@@ -100,20 +100,21 @@ def test_auto_matches_named_strategy_for_every_choice(monkeypatch):
 
 def test_cost_model_regions_on_the_benchmark_layers():
     """The documented regions (docs/strategies.md), where the measured gap is wide (>= 20 %): the GEMM
-    strategies for the 1x1 layer's and res3x3_14's backward (many channels), Winograd for the
-    3x3 ResNet layers (forward; 56x56 backward too), direct for depthwise and single-channel layers, no kn2row
-    forward on a 3-channel strided stem, col2im for transposed convolution, direct for tiny calls."""
+    strategies for the strided stem's backward (direct's strided backward_data by kn2row: 18-20 ms, im2col's
+    12 ms), Winograd for the 3x3 ResNet layers (forward and backward: direct's weight gradient by GEMMs,
+    res3x3_14 forward+backward 19.0 ms against im2col's 25.1), direct for depthwise and single-channel layers,
+    no kn2row forward on a 3-channel strided stem, col2im for transposed convolution, direct for tiny calls."""
     choices = {}
     for name, (xs, ws, kw) in BENCH.items():
         for op in ("conv2d", "conv2d_backward"):
             choices[name, op] = fastconv.choose_strategy(op, xs, ws, **kw)
             assert choices[name, op] in fastconv.STRATEGIES
-    for key in [("pw1x1_28", "conv2d_backward"), ("res3x3_14", "conv2d_backward")]:
-        assert choices[key] not in ("direct", "winograd"), key
+    assert choices["stem7x7", "conv2d_backward"] not in ("direct", "winograd")
     for key in [("dw3x3_56", "conv2d"), ("dw3x3_56", "conv2d_backward"), ("lenet1", "conv2d"),
                 ("lenet1", "conv2d_backward")]:
         assert choices[key] == "direct", key
-    for key in [("res3x3_56", "conv2d"), ("res3x3_56", "conv2d_backward"), ("res3x3_14", "conv2d")]:
+    for key in [("res3x3_56", "conv2d"), ("res3x3_56", "conv2d_backward"), ("res3x3_14", "conv2d"),
+                ("res3x3_14", "conv2d_backward")]:
         assert choices[key] == "winograd", key
     assert fastconv.choose_strategy("conv2d", *BENCH["stem7x7"][:2], **BENCH["stem7x7"][2]) != "col2im"
     assert fastconv.choose_strategy("conv_transpose2d", (8, 64, 28, 28), (64, 32, 4, 4), stride=2, pad=1) == "col2im"
