@@ -3,8 +3,9 @@
 The general property tests run every strategy, "winograd" included, on random geometries (mostly
 shapes it hands to "direct"); these pin down its own paths:
 
-* F(2x2, 3x3) forward and stride-1 backward_data, with dilation 1 (vector transforms, tile rows of
-  at least one vector, the last vector call moved back) and dilation 2 (scalar transforms),
+* F(2x2, 3x3) forward and stride-1 backward_data, with dilation 1 and 2 along the rows (vector transforms,
+  tile rows of at least one vector call, the last call moved back; scalar transforms for shorter rows and
+  other dilations),
   asymmetric pads, pads beyond the kernel's reach (backward_data's pads below zero), output
   channels off the micro-kernel's blocks, odd output sizes (tiles half outside), panels across
   images and a last panel past the last image;
@@ -36,6 +37,10 @@ CASES = {
     "pad_beyond_reach": ((2, 8, 5, 6), (5, 8, 3, 3), dict(pad=3)),  # backward_data's pads are -1
     "dilated": ((2, 8, 12, 10), (16, 8, 3, 3), dict(pad=2, dilation=2)),
     "dilated_mixed": ((1, 8, 7, 9), (4, 8, 3, 3), dict(pad=(3, 1), dilation=(2, 3))),
+    # dilation 2 along the rows with tile rows of at least lanes4 tiles (vector transforms four columns apart,
+    # the last call moved back, odd widths: a last tile with its left column only)
+    "dilated_wide_rows": ((2, 8, 14, 45), (9, 8, 3, 3), dict(pad=2, dilation=2)),
+    "dilated_wide_asymmetric": ((1, 6, 9, 70), (12, 6, 3, 3), dict(pad=((1, 0), (3, 2)), dilation=(1, 2))),
     "one_pixel": ((1, 8, 1, 1), (4, 8, 3, 3), dict(pad=1)),
 }
 
@@ -47,7 +52,7 @@ def test_winograd_agrees_with_reference(case, dtype):
     assert_conv2d_matches_reference("winograd", xs, ws, kw, dtype, seed=11, what=case)
 
 
-@pytest.mark.parametrize("case", ["same_wide_rows", "dilated", "small_images"])
+@pytest.mark.parametrize("case", ["same_wide_rows", "dilated", "small_images", "dilated_wide_rows"])
 def test_winograd_transposed_agrees_with_reference(case):
     """conv_transpose2d runs backward_data forward: the Winograd forward of its input with the flipped kernel."""
     xs, ws, kw = CASES[case]
@@ -74,7 +79,7 @@ def test_winograd_runs_where_it_applies_and_direct_elsewhere():
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
-@pytest.mark.parametrize("case", ["same_wide_rows", "dilated"])
+@pytest.mark.parametrize("case", ["same_wide_rows", "dilated", "dilated_wide_rows"])
 def test_nonfinite_input_reaches_only_its_outputs(case, value):
     """A NaN / infinity would spread over its tile (inf - inf); the call falls back to "direct"."""
     xs, ws, kw = CASES[case]
@@ -93,7 +98,7 @@ def test_nonfinite_input_reaches_only_its_outputs(case, value):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-@pytest.mark.parametrize("case", ["same_wide_rows", "small_images", "dilated"])
+@pytest.mark.parametrize("case", ["same_wide_rows", "small_images", "dilated", "dilated_wide_rows"])
 def test_winograd_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     rng = np.random.default_rng(14)

@@ -27,6 +27,10 @@ The other intrinsics here, likewise explicit vector code:
 * :func:`input_tiles` / :func:`output_tiles` -- "winograd"'s input and output transforms of
   ``lanes`` tiles two columns apart (even and odd lanes split / interleaved by shuffles).
 
+numba's disk cache keys a kernel by its own source file only: after editing this module, clear the cache
+(``__pycache__/*.nbi``/``*.nbc`` under ``fastconv/kernels`` or ``NUMBA_CACHE_DIR``), or kernels compiled
+with the old intrinsics keep running.  (An installed upgrade rewrites every file, which invalidates them.)
+
 The 256- and 128-bit variants are tested by running the suite with ``NUMBA_CPU_NAME=haswell``
 (plus its ``NUMBA_CPU_FEATURES``) and ``NUMBA_CPU_NAME=generic`` (a cache directory of their own).
 """
@@ -66,6 +70,12 @@ NV = 3 if VECTOR_BITS == 512 else 2
 def lanes(itemsize: int) -> int:
     """Elements per vector for an item size in bytes."""
     return VECTOR_BITS // (8 * itemsize)
+
+
+def lanes4(itemsize: int) -> int:
+    """Tiles per :func:`input_tiles4` / :func:`output_tiles4` call: half a vector's lanes (a call spans four
+    columns per tile; with whole vectors a 56-pixel row would hold too few tiles)."""
+    return max(2, lanes(itemsize) // 2)
 
 
 def columns(itemsize: int) -> int:
@@ -241,7 +251,7 @@ def _i64(context, builder, signature, args, *idx):
     return [context.cast(builder, args[i], signature.args[i], types.int64) for i in idx]
 
 
-def _input16_codegen(width: int, isz: int):
+def _input16_codegen(width: int, isz: int, step: int = 2):
     def codegen(context, builder, signature, args):
         src, dst = _vec_args(context, builder, signature, args, 0, 2)
         so, do, dstride, rs = _i64(context, builder, signature, args, 1, 3, 4, 5)
@@ -254,16 +264,27 @@ def _input16_codegen(width: int, isz: int):
         def at(base, off):
             return builder.gep(base, [builder.add(off, ir.Constant(off.type, 0))])
 
+        qty = ir.VectorType(fty, 4 * width)
+        lanes4 = [ir.Constant(ir.VectorType(i32, width), [4 * j + r for j in range(width)]) for r in range(4)]
         t = []
         for i in range(4):
             row = builder.add(so, builder.mul(rs, ir.Constant(rs.type, i)))
-            l0 = builder.load(builder.bitcast(at(src, row), wty.as_pointer()), align=isz)
-            l1 = builder.load(builder.bitcast(at(src, builder.add(row, ir.Constant(row.type, 2))), wty.as_pointer()),
-                              align=isz)
-            a0 = builder.shuffle_vector(l0, l0, even)
-            a1 = builder.shuffle_vector(l0, l0, odd)
-            a2 = builder.shuffle_vector(l1, l1, even)
-            a3 = builder.shuffle_vector(l1, l1, odd)
+            if step == 2:  # columns 2j + k: even / odd lanes of 2 * width elements at 0 and at 2
+                l0 = builder.load(builder.bitcast(at(src, row), wty.as_pointer()), align=isz)
+                l1 = builder.load(builder.bitcast(at(src, builder.add(row, ir.Constant(row.type, 2))),
+                                                  wty.as_pointer()), align=isz)
+                a0 = builder.shuffle_vector(l0, l0, even)
+                a1 = builder.shuffle_vector(l0, l0, odd)
+                a2 = builder.shuffle_vector(l1, l1, even)
+                a3 = builder.shuffle_vector(l1, l1, odd)
+            else:  # columns 4j + 2k: every fourth of 4 * width elements at 0 (k = 0, 1) and at 3 (k = 2, 3)
+                l0 = builder.load(builder.bitcast(at(src, row), qty.as_pointer()), align=isz)
+                l1 = builder.load(builder.bitcast(at(src, builder.add(row, ir.Constant(row.type, 3))),
+                                                  qty.as_pointer()), align=isz)
+                a0 = builder.shuffle_vector(l0, l0, lanes4[0])
+                a1 = builder.shuffle_vector(l0, l0, lanes4[2])
+                a2 = builder.shuffle_vector(l1, l1, lanes4[1])
+                a3 = builder.shuffle_vector(l1, l1, lanes4[3])
             t.append((builder.fsub(a0, a2), builder.fadd(a1, a2), builder.fsub(a2, a1), builder.fsub(a1, a3)))
         vals = []
         for k in range(4):
@@ -289,7 +310,18 @@ def input_tiles(typingctx, src, so, dst, do, dstride, rs):
     return types.void(src, so, dst, do, dstride, rs), _input16_codegen(lanes(isz), isz)
 
 
-def _output16_codegen(width: int, isz: int):
+@intrinsic
+def input_tiles4(typingctx, src, so, dst, do, dstride, rs):
+    """:func:`input_tiles` for ``lanes4(itemsize)`` tiles four columns apart with patch columns two apart
+    (dilation 2): ``d_j[i][k] = src[so + i * rs + 4 * j + 2 * k]`` (reads exactly
+    ``src[so + i * rs :][:4 * lanes4 + 3]``)."""
+    isz = _float_arrays(src, dst)
+    if isz is None:
+        return None
+    return types.void(src, so, dst, do, dstride, rs), _input16_codegen(lanes4(isz), isz, 4)
+
+
+def _output16_codegen(width: int, isz: int, step: int = 2):
     def codegen(context, builder, signature, args):
         mb, y = _vec_args(context, builder, signature, args, 0, 3)
         mo, s, yo, low = _i64(context, builder, signature, args, 1, 2, 4, 5)
@@ -314,11 +346,28 @@ def _output16_codegen(width: int, isz: int):
             right = builder.fsub(builder.fsub(cols[1], cols[2]), cols[3])
             return builder.shuffle_vector(left, right, inter)
 
-        builder.store(pair(0, 1, 2, True), builder.bitcast(builder.gep(y, [yo]), wty.as_pointer()), align=isz)
+        if step == 2:
+            def put(val, at):
+                builder.store(val, builder.bitcast(builder.gep(y, [at]), wty.as_pointer()), align=isz)
+        else:  # tiles four columns apart: the pairs spread to every other element, stored under a mask (the
+            # other phase's outputs in between belong to other tiles, maybe another task's)
+            qty = ir.VectorType(fty, 4 * width)
+            mty = ir.VectorType(ir.IntType(1), 4 * width)
+            spread = ir.Constant(ir.VectorType(i32, 4 * width), [p // 2 for p in range(4 * width)])
+            mask = ir.Constant(mty, [1 - p % 2 for p in range(4 * width)])
+            mstore = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [qty, qty.as_pointer(), i32, mty]),
+                f"llvm.masked.store.v{4 * width}{fty.intrinsic_name}.p0")
+
+            def put(val, at):
+                wide = builder.shuffle_vector(val, val, spread)
+                builder.call(mstore, [wide, builder.bitcast(builder.gep(y, [at]), qty.as_pointer()),
+                                      ir.Constant(i32, isz), mask])
+
+        put(pair(0, 1, 2, True), yo)
         has_low = builder.icmp_signed(">", low, ir.Constant(low.type, 0))
         with builder.if_then(has_low):
-            builder.store(pair(1, 2, 3, False), builder.bitcast(builder.gep(y, [builder.add(yo, low)]),
-                                                                wty.as_pointer()), align=isz)
+            put(pair(1, 2, 3, False), builder.add(yo, low))
         return context.get_dummy_value()
 
     return codegen
@@ -332,3 +381,13 @@ def output_tiles(typingctx, mb, mo, s, y, yo, low):
     if isz is None:
         return None
     return types.void(mb, mo, s, y, yo, low), _output16_codegen(lanes(isz), isz)
+
+
+@intrinsic
+def output_tiles4(typingctx, mb, mo, s, y, yo, low):
+    """:func:`output_tiles` for ``lanes4(itemsize)`` tiles four columns apart with output columns two apart
+    (dilation 2): writes ``y[yo + 4 j + 2 v]`` (and ``low`` below) only, under a mask."""
+    isz = _float_arrays(mb, y)
+    if isz is None:
+        return None
+    return types.void(mb, mo, s, y, yo, low), _output16_codegen(lanes4(isz), isz, 4)
