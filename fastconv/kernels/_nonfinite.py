@@ -10,8 +10,10 @@ thing for finite weights.  So when a weight is not finite, the public functions 
 plain loops instead (slow but exact; a diverged model is not a hot path).  Finite weights
 never come here: the check is one pass over the weights, without allocation.
 
-Every output element is written by one prange iteration summing in a fixed order, so the
-results do not depend on the thread count.
+Every output element is written by one task summing in a fixed order, so the results do not
+depend on the thread count.  The loops are serial kernels over a range of (image, channel) planes
+that fastconv's worker threads run in tiles (:func:`._tiles.run_tiles`): as ``prange`` kernels
+they cost more of the cold compile (about a second each) than a path this rare is worth.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
 
-from .._options import kernel, parallel_kernel
+from .._options import kernel
+from ._tiles import T_MAX, TILES_PER_THREAD, run_tiles
 
 
 @kernel
@@ -37,14 +39,14 @@ def all_finite(a: np.ndarray) -> bool:
     return bool(_all_finite(a.reshape(-1)))
 
 
-@parallel_kernel
-def _forward(x, w, sh, sw, dh, dw, pt, pl, groups, y):
+@kernel
+def _forward(x, w, sh, sw, dh, dw, pt, pl, groups, y, t0, t1):
     n_, c_, h_, w_ = x.shape
     m_, cg, kh_, kw_ = w.shape
     oh_, ow_ = y.shape[2], y.shape[3]
     mg = m_ // groups
     zero = x.dtype.type(0)
-    for task in prange(n_ * m_):
+    for task in range(t0, t1):
         n = task // m_
         m = task % m_
         c0 = (m // mg) * cg
@@ -63,14 +65,14 @@ def _forward(x, w, sh, sw, dh, dw, pt, pl, groups, y):
                 y[n, m, oh, ow] = acc
 
 
-@parallel_kernel
-def _backward_data(dy, w, sh, sw, dh, dw, pt, pl, groups, dx):
+@kernel
+def _backward_data(dy, w, sh, sw, dh, dw, pt, pl, groups, dx, t0, t1):
     n_, m_, oh_, ow_ = dy.shape
     _, cg, kh_, kw_ = w.shape
     c_, h_, w_ = dx.shape[1], dx.shape[2], dx.shape[3]
     mg = m_ // groups
     zero = dx.dtype.type(0)
-    for task in prange(n_ * c_):
+    for task in range(t0, t1):
         n = task // c_
         c = task % c_
         g = c // cg
@@ -92,11 +94,18 @@ def _backward_data(dy, w, sh, sw, dh, dw, pt, pl, groups, dx):
                 dx[n, c, ih, iw] = acc
 
 
+def _planes(out: np.ndarray, body) -> None:
+    """``body(t0, t1)`` over the (image, channel) planes of ``out``, in tiles for the worker threads."""
+    count = out.shape[0] * out.shape[1]
+    tiles = max(1, min(count, TILES_PER_THREAD * T_MAX))
+    run_tiles(tiles, lambda i, _slot: body(i * count // tiles, (i + 1) * count // tiles))
+
+
 def forward(x: np.ndarray, w: np.ndarray, geom, out_hw) -> np.ndarray:
     """conv2d without bias, padding multiplied as real zeros (PyTorch's native CPU semantics)."""
     y = np.empty((x.shape[0], w.shape[0], out_hw[0], out_hw[1]), dtype=x.dtype)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geom.stride, geom.pad, geom.dilation
-    _forward(x, w, sh, sw, dh, dw, pt, pl, geom.groups, y)
+    _planes(y, lambda t0, t1: _forward(x, w, sh, sw, dh, dw, pt, pl, geom.groups, y, t0, t1))
     return y
 
 
@@ -104,5 +113,5 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom, in_hw) -> np.ndarray:
     """conv2d's input gradient (conv_transpose2d) from the products that exist only."""
     dx = np.empty((dy.shape[0], w.shape[1] * geom.groups, in_hw[0], in_hw[1]), dtype=dy.dtype)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geom.stride, geom.pad, geom.dilation
-    _backward_data(dy, w, sh, sw, dh, dw, pt, pl, geom.groups, dx)
+    _planes(dx, lambda t0, t1: _backward_data(dy, w, sh, sw, dh, dw, pt, pl, geom.groups, dx, t0, t1))
     return dx

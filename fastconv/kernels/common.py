@@ -1,37 +1,8 @@
-"""Small kernels shared by several strategies."""
+"""Small helpers shared by several strategies."""
 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
-
-from .._options import parallel_kernel
-
-
-@parallel_kernel
-def _pad_kernel(x, pt, pb, pl, pr, value):
-    n_, c_, h, w = x.shape
-    hp = h + pt + pb
-    wp = w + pl + pr
-    out = np.empty((n_, c_, hp, wp), dtype=x.dtype)
-    for t in prange(n_ * c_):
-        n = t // c_
-        c = t - n * c_
-        src = x[n, c]
-        dst = out[n, c]
-        for i in range(hp):
-            row = dst[i]
-            if i < pt or i >= pt + h:
-                row[:] = value
-            else:
-                srow = src[i - pt]
-                for j in range(pl):
-                    row[j] = value
-                for j in range(w):
-                    row[pl + j] = srow[j]
-                for j in range(pl + w, wp):
-                    row[j] = value
-    return out
 
 
 def pad_nchw(x: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0) -> np.ndarray:
@@ -39,7 +10,15 @@ def pad_nchw(x: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0)
     if not any(pads):
         return x
     pt, pb, pl, pr = pads
-    return _pad_kernel(x, pt, pb, pl, pr, x.dtype.type(value))
+    n, c, h, w = x.shape
+    out = np.empty((n, c, h + pt + pb, w + pl + pr), dtype=x.dtype)
+    # NumPy (one thread; public im2col only): a parallel kernel cost a second of the cold compile
+    out[:, :, :pt] = value
+    out[:, :, pt + h:] = value
+    out[:, :, pt:pt + h, :pl] = value
+    out[:, :, pt:pt + h, pl + w:] = value
+    out[:, :, pt:pt + h, pl:pl + w] = x
+    return out
 
 
 def crop_nchw(xp: np.ndarray, pads: tuple[int, int, int, int], hw: tuple[int, int]) -> np.ndarray:
