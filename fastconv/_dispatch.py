@@ -213,6 +213,8 @@ WINO_TRANSFORM = (15e-9, 8e-9)
 WINO_U_BW = (2.5e9, 50e9)
 #: "direct": bytes/s of one thread streaming its operands from memory.
 DIRECT_BW = 16e9
+#: "direct" stride-1 backward_data by Z = Wᵀ·dy: adds/s of one thread putting Z's rows into dx.
+DATA_ADD_RATE = 4e9
 #: "direct" backward_data by kn2row (>= 8 output channels per group): scatter-adds/s of one thread.
 DIRECT_SCATTER = 1.5e9
 #: "direct"'s estimates are multiplied by this hedge.  It was 2.0 while the GEMM estimates ran ~2x above their
@@ -342,6 +344,10 @@ def _estimate_direct(prim: str, cv, isz: int, threads: int) -> tuple[float, int,
     from .kernels import direct
     from .kernels._ukernel import MR, columns
 
+    if prim == "backward_data" and direct._use_data_gemm(cv, isz):
+        adds = n * cv.c * kk * cv.oh * cv.w  # every tap's Z row added into dx
+        t = direct.data_gemm_macs(cv, isz) / (TILE_RATE * 4 / isz) + adds / DATA_ADD_RATE + operands / DIRECT_BW
+        return t / max(1, min(threads, n)), useful, "Z = Wᵀ·dy by the micro-kernel, each tap added where it lands"
     tiled = cv if prim == "forward" else direct._adjoint(cv) if prim == "backward_data" else None
     if tiled is not None and direct._use_tiles(tiled):
         rows = direct._tiles_plan(tiled, isz)[0]

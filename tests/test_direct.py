@@ -15,6 +15,7 @@ the direct kernels choose by shape, each small enough to check against tests/ref
 * the register-blocked micro-kernel (forward, stride-1 backward_data): channel counts off its
   blocks, panels across rows, in-place reads with the last panel moved back, adjoint pads below
   zero, and non-finite pixels reaching only their own outputs;
+* stride-1 backward_data as Z = Wᵀ dy by the micro-kernel (junk columns zero, taps landing partly outside);
 * backward_filter as GEMMs on channel-last copies (dilated columns as phases, strides, partial panels, more
   pixels than one chunk), a non-finite pixel reaching only the taps that read it;
 * bit-identical results for 1 and 2 threads.
@@ -54,8 +55,8 @@ CASES = {
     "rows_of_their_own_strided": ((2, 3, 5, 70), (4, 3, 3, 3), dict(stride=(1, 2), pad=1)),  # OW = 35 >= 32
     "rows_of_their_own_unpadded": ((2, 1, 6, 40), (3, 1, 3, 5), dict()),  # OW = 36, runs read x in place
     "rows_of_their_own_dw_stride2": ((1, 2, 5, 67), (2, 1, 3, 3), dict(stride=2, pad=1, groups=2)),
-    # backward_data by kn2row (>= 8 output channels per group): strides, dilation, asymmetric padding
-    "kn2row_lenet": ((2, 1, 12, 11), (10, 1, 5, 5), dict()),
+    # backward_data by kn2row (>= 8 output channels per group, strided or grouped): strides, dilation, asymmetric
+    # padding
     "kn2row_stride2": ((2, 3, 13, 12), (8, 3, 5, 5), dict(stride=2, pad=2)),
     "kn2row_grouped_dilated": ((2, 4, 9, 10), (16, 2, 3, 3), dict(pad=((1, 0), (2, 1)), dilation=2, groups=2)),
     "kn2row_stride3_wide": ((1, 2, 7, 40), (9, 2, 2, 3), dict(stride=(3, 1), pad=(0, 1))),
@@ -80,9 +81,18 @@ CASES = {
     "filter_gemm_both_strided_dilated": ((2, 8, 11, 15), (5, 8, 2, 6), dict(stride=2, pad=(0, 3), dilation=(3, 2))),
     "filter_gemm_partial_panel": ((2, 20, 8, 8), (6, 20, 5, 5), dict()),
     "filter_gemm_1x1": ((2, 40, 5, 6), (8, 40, 1, 1), dict()),
+    # stride-1 backward_data as Z = Wᵀ dy by the micro-kernel, each tap's Z added where it lands: one input
+    # channel (the adjoint forward has too few output channels for the micro-kernel), a lenet2-like layer (far
+    # fewer multiply-adds than the adjoint forward), pads (taps whose columns land partly outside: row by row),
+    # dilation with asymmetric pads, taps off the MR blocks, more pixels than one panel
+    "data_gemm_one_channel": ((2, 1, 12, 11), (10, 1, 5, 5), dict()),
+    "data_gemm_lenet2_like": ((2, 6, 12, 12), (9, 6, 5, 5), dict()),
+    "data_gemm_padded": ((2, 5, 9, 10), (6, 5, 3, 3), dict(pad=1)),
+    "data_gemm_dilated_asymmetric": ((1, 4, 11, 13), (5, 4, 3, 3), dict(pad=((2, 0), (1, 3)), dilation=2)),
 }
 UKERNEL = [c for c in CASES if c.startswith("ukernel")]
 FILTER_GEMM = [c for c in CASES if c.startswith("filter_gemm")]
+DATA_GEMM = [c for c in CASES if c.startswith("data_gemm")]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -119,17 +129,21 @@ def test_same_width_path_is_taken_for_depthwise_same():
 
 @pytest.mark.parametrize("case", UKERNEL)
 def test_micro_kernel_paths_are_taken(case):
-    """The ukernel cases run the micro-kernel forward, and (stride 1) backward_data by it too."""
+    """The ukernel cases run the micro-kernel forward, and (stride 1) backward_data by it too; "tall" and "3x3_pad1"
+    (as many multiply-adds as Z = Wᵀ dy, without its scatter) by the adjoint forward."""
     xs, ws, kw = CASES[case]
     x = np.ones(xs)
     w = np.ones(ws)
     dy = np.ones(R.conv2d(x, w, **kw).shape)
     _, calls = launched_kernels(lambda: (fastconv.conv2d(x, w, **kw, strategy="direct"),
                                          fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")))
-    # backward_data by the micro-kernel: stride 1 and enough taps of the flipped kernel (not the 1x1 cases)
-    by_tiles = kw.get("stride", 1) == 1 and "1x1" not in case
+    # backward_data by the micro-kernel at stride 1: the adjoint forward, or Z = Wᵀ dy where that does fewer
+    # multiply-adds (test_data_gemm_path_is_taken pins those cases)
     assert len(calls) == 3 and calls[0] == direct._forward_tiles_kernel
-    assert (calls[1] == direct._forward_tiles_kernel) == by_tiles
+    by_tiles = calls[1] in (direct._forward_tiles_kernel, direct._data_gemm_kernel)
+    assert by_tiles == (kw.get("stride", 1) == 1)
+    if case in ("ukernel_tall", "ukernel_3x3_pad1"):
+        assert calls[1] == direct._forward_tiles_kernel
     # backward_filter: GEMMs on channel-last copies, except grouped (float64: at most 24 columns per panel, so
     # the other cases' KW*C of 18-40 fill at least 0.75 of their panels at every vector width)
     assert calls[2] == (direct._backward_filter_kernel if "grouped" in case else direct._filter_gemm_kernel)
@@ -145,6 +159,40 @@ def test_filter_gemm_path_is_taken(case, dtype):
     dy = np.ones(R.conv2d(x, w, **kw).shape, dtype)
     _, calls = launched_kernels(lambda: fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct"))
     assert calls[-1] == (direct._filter_gemm_kernel if case in FILTER_GEMM else direct._backward_filter_kernel)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [*DATA_GEMM, "ukernel_3x3_pad1", "kn2row_stride2", "kn2row_grouped_dilated"])
+def test_data_gemm_path_is_taken(case, dtype):
+    """The data_gemm cases compute dx by Z = Wᵀ dy; a layer where the adjoint forward does as few multiply-adds
+    keeps the micro-kernel forward, strided and grouped ones kn2row."""
+    xs, ws, kw = CASES[case]
+    x, w = np.ones(xs, dtype), np.ones(ws, dtype)
+    dy = np.ones(R.conv2d(x, w, **kw).shape, dtype)
+    _, calls = launched_kernels(lambda: fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct"))
+    want = (direct._data_gemm_kernel if case in DATA_GEMM else
+            direct._forward_tiles_kernel if case.startswith("ukernel") else direct._kn2row_kernel)
+    assert calls[0] == want
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+@pytest.mark.parametrize("case", ["data_gemm_lenet2_like", "data_gemm_padded"])
+def test_data_gemm_nonfinite_dy_reaches_only_its_pixels(case, value):
+    """A NaN / Inf in dy reaches the dx pixels its taps land on and no other (junk columns are zeros)."""
+    xs, ws, kw = CASES[case]
+    rng = np.random.default_rng(9)
+    x, w = uniform(rng, xs), uniform(rng, ws)
+    dy = uniform(rng, R.conv2d(x, w, **kw).shape)
+    dy[1, 2, 0, dy.shape[3] - 1] = value
+    with np.errstate(invalid="ignore"):
+        dx_ref = R.conv2d_backward(dy, x, w, **kw)[0]
+    dx, calls = launched_kernels(lambda: fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")[0])
+    assert calls[0] == direct._data_gemm_kernel
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(dx_ref))
+    np.testing.assert_array_equal(np.isinf(dx), np.isinf(dx_ref))
+    fin = np.isfinite(dx_ref)
+    assert fin.any() and not fin.all()
+    assert_close(dx[fin], dx_ref[fin], np.float64, k=1000)
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan])
@@ -211,7 +259,7 @@ def test_backward_filter_junk_columns_never_touch_nonfinite_input(value, where):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
 @pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2", "kn2row_stride2",
-                                  "ukernel_3x3_pad1", "ukernel_1x1_in_place", "ukernel_tall", *FILTER_GEMM])
+                                  "ukernel_3x3_pad1", "ukernel_1x1_in_place", "ukernel_tall", *FILTER_GEMM, *DATA_GEMM])
 def test_direct_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     xs = (9,) + xs[1:]  # more images than _NBLOCKS: backward_filter's image blocks hold several

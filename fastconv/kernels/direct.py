@@ -55,7 +55,7 @@ from .._options import kernel, parallel_kernel
 from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
 from .._threads import get_num_threads
-from ._tiles import Conv, conv_of
+from ._tiles import Conv, _add, conv_of
 from ._ukernel import DT as _DT
 from ._ukernel import MR as _MR
 from ._ukernel import columns, tile_dots, tile_taps
@@ -874,6 +874,68 @@ def _kn2row_kernel(dy, wz, sh, sw, dh, dw, pt, pl, groups, kw_, h_, w_, nparts):
     return dx
 
 
+@parallel_kernel
+def _data_gemm_kernel(dy, ap, c_, h_, w_, kh_, kw_, dh, dw, pt, pl, nr):
+    """Stride-1 backward_data as ``Z = Wᵀ dy`` by the micro-kernel, each tap's row of ``Z`` added where it lands.
+
+    ``ap[b, m, r] = w[m, tap b * MR + r]`` (taps ``(c, kh, kw)`` in order, zero past the last).  One task per
+    image: its ``dy`` planes are copied with ``dx``'s row length ``W`` (junk columns zero), so that pixel ``q =
+    oh * W + ow`` of every tap's ``Z`` lands on ``dx``'s flat ``q + (kh * dh - pt) * W + kw * dw - pl``;
+    :func:`._ukernel.tile_taps` computes ``MR`` taps x ``NR`` consecutive pixels over all ``M`` planes, and each
+    tap's run is added to the rows it reaches inside ``dx`` (one contiguous run where its columns all land
+    inside, row by row otherwise).  The task zeroes its image's ``dx`` and adds in a fixed order.
+    """
+    n_, m_, oh_, ow_ = dy.shape
+    nb = ap.shape[0]
+    kk = kh_ * kw_
+    ntap = c_ * kk
+    ps = oh_ * w_  # one dy plane in dx's row length
+    plane = h_ * w_
+    dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
+    for n in prange(n_):
+        src = np.zeros(m_ * ps + nr, dtype=dy.dtype)
+        for m in range(m_):
+            for i in range(oh_):
+                sr = dy[n, m, i]
+                d = src[m * ps + i * w_:]
+                for q in range(ow_):
+                    d[q] = sr[q]
+        offs = np.arange(m_) * ps
+        ct = np.empty(_MR * nr, dtype=dy.dtype)
+        dxf = dx[n].reshape(c_ * plane)
+        for i in range(c_ * plane):
+            dxf[i] = 0
+        for b in range(nb):
+            for q0 in range(0, ps, nr):
+                qn = min(nr, ps - q0)
+                tile_taps(ap[b], src, q0, offs, ct, m_, False)
+                for r in range(min(_MR, ntap - b * _MR)):
+                    t = b * _MR + r
+                    c = t // kk
+                    ki = t % kk // kw_
+                    roff = ki * dh - pt  # dx row of dy row 0 through this tap
+                    coff = (t % kw_) * dw - pl
+                    base = c * plane + roff * w_ + coff
+                    # the pixels whose dx row lies inside: dy rows [max(0, -roff), min(OH, H - roff))
+                    q_lo = max(q0, max(0, -roff) * w_)
+                    q_hi = min(q0 + qn, min(oh_, h_ - roff) * w_)
+                    if q_lo >= q_hi:
+                        continue
+                    if coff >= 0 and ow_ - 1 + coff <= w_ - 1:  # every real column lands inside: one run (junk
+                        q_hi = min(q_hi, c * plane + plane - base)  # columns add zeros into the next row;
+                        if q_hi > q_lo:  # the last row's junk would run past the plane: cut there)
+                            _add(dxf, base + q_lo, ct, r * nr + q_lo - q0, q_hi - q_lo)
+                    else:  # row by row, the columns that land inside
+                        lo = max(0, -coff)
+                        hi = min(ow_, w_ - coff)
+                        for rr in range(q_lo // w_, (q_hi - 1) // w_ + 1):
+                            a = max(q_lo, rr * w_ + lo)
+                            e = min(q_hi, rr * w_ + hi)
+                            if a < e:
+                                _add(dxf, base + a, ct, r * nr + a - q0, e - a)
+    return dx
+
+
 def _phase_taps(k: int, d: int, s: int, before: int, n_in: int, n_out: int):
     """Per output phase ``a`` of one axis: its taps ``(kk, offset)`` and length; the dy padding needed.
 
@@ -898,6 +960,33 @@ def _phase_taps(k: int, d: int, s: int, before: int, n_in: int, n_out: int):
     return taps, lens, lo, hi
 
 
+def _pack_taps(w: np.ndarray) -> np.ndarray:
+    """``ap[b, m, r] = w[m, tap b * MR + r]`` (taps ``(c, kh, kw)`` in order; zero past the last), for
+    :func:`_data_gemm_kernel`."""
+    m = w.shape[0]
+    nt = w[0].size
+    nb = -(-nt // _MR)
+    ap = np.zeros((nb * _MR, m), dtype=w.dtype)
+    ap[:nt] = w.reshape(m, nt).T
+    return np.ascontiguousarray(ap.reshape(nb, _MR, m).transpose(0, 2, 1))
+
+
+def data_gemm_macs(cv: Conv, isz: int) -> int:
+    """Multiply-adds :func:`_data_gemm_kernel` executes for ``cv`` (whole tap blocks and pixel panels)."""
+    nr = _NR32 if isz == 4 else _NR64
+    return cv.n * -(-cv.c * cv.kk // _MR) * _MR * -(-cv.oh * cv.w // nr) * nr * cv.m
+
+
+def _use_data_gemm(cv: Conv, isz: int) -> bool:
+    """Whether backward_data runs :func:`_data_gemm_kernel`: stride 1, one group, dy rows no longer than dx rows,
+    at least ``MR / 2`` output channels, and fewer multiply-adds than the micro-kernel forward of the adjoint
+    by a margin (lenet2: 155 M against 369 M; the 3x3 ResNet layers: about equal, and the scatter costs more)."""
+    if cv.sh != 1 or cv.sw != 1 or cv.g != 1 or cv.ow > cv.w or cv.m < _MR // 2 or cv.n == 0 or cv.oh <= 0:
+        return False
+    adj = _adjoint(cv)
+    return not _use_tiles(adj) or data_gemm_macs(cv, isz) < 0.75 * tiles_macs(adj, isz)
+
+
 def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair) -> np.ndarray:
     """The adjoint of :func:`forward` in ``x``: one task per (image, group, part of its input channels)."""
     n, m, oh, ow = dy.shape
@@ -911,7 +1000,11 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
     (sh, sw), (dh, dw) = geom.stride, geom.dilation
     pt, _, pl, _ = geom.pad
     mg = m // g
-    adj = _adjoint(conv_of((n, cg * g, h, wd_), w.shape, geom, (oh, ow)))
+    cv = conv_of((n, cg * g, h, wd_), w.shape, geom, (oh, ow))
+    if _use_data_gemm(cv, dy.dtype.itemsize):
+        return _run(_data_gemm_kernel, dy, _pack_taps(w), cg, h, wd_, kh, kw, dh, dw, pt, pl,
+                    _NR32 if dy.dtype.itemsize == 4 else _NR64)
+    adj = _adjoint(cv)
     if adj is not None and _use_tiles(adj):
         return _tiles_forward(dy, _flipped(w, g), adj)
     if mg >= 8 and kh * kw >= _MB and ow <= _RUN:
@@ -1259,6 +1352,10 @@ def backward_data_bound(cv: Conv, isz: int) -> int:
     nt = mg * kk
     tasks = cv.n * g * _parts(cv.n * g, cg)
     wcopy = cv.m * cg * kk * isz  # the weight, transposed
+    if _use_data_gemm(cv, isz):  # packed taps; per task: dy planes in dx's row length, offsets, one tile
+        nr = _NR32 if isz == 4 else _NR64
+        packed = -(-cv.c * kk // _MR) * _MR * cv.m * isz
+        return 2 * packed + _per_tasks(cv.n, cv.m * cv.oh * cv.w + nr + 2 * cv.m + _MR * nr, isz)
     adj = _adjoint(cv)
     if adj is not None and _use_tiles(adj):
         return wcopy + forward_bound(adj, isz)
