@@ -215,8 +215,6 @@ WINO_U_BW = (2.5e9, 50e9)
 DIRECT_BW = 16e9
 #: "direct" stride-1 backward_data by Z = Wᵀ·dy: adds/s of one thread putting Z's rows into dx.
 DATA_ADD_RATE = 4e9
-#: "direct" backward_data by kn2row (>= 8 output channels per group): scatter-adds/s of one thread.
-DIRECT_SCATTER = 1.5e9
 #: "direct"'s estimates are multiplied by this hedge.  It was 2.0 while the GEMM estimates ran ~2x above their
 #: measured times; GEMM_PEAK (80 -> 130 GFLOP/s) and MEM_BW (6 -> 9 GB/s) were recalibrated against the suite
 #: (2 threads, bias by NumPy after the GEMM strategies: within ~15 % on res3x3_14, pw1x1_28, lenet2), so 1.0.
@@ -345,7 +343,7 @@ def _estimate_direct(prim: str, cv, isz: int, threads: int) -> tuple[float, int,
     from .kernels._ukernel import MR, columns
 
     if prim == "backward_data" and direct._use_data_gemm(cv, isz):
-        adds = n * cv.c * kk * cv.oh * cv.w  # every tap's Z row added into dx
+        adds = n * cv.c * kk * cv.oh * direct._data_rows(cv)  # every tap's Z row added into dx
         t = direct.data_gemm_macs(cv, isz) / (TILE_RATE * 4 / isz) + adds / DATA_ADD_RATE + operands / DIRECT_BW
         return t / max(1, min(threads, n)), useful, "Z = Wᵀ·dy by the micro-kernel, each tap added where it lands"
     tiled = cv if prim == "forward" else direct._adjoint(cv) if prim == "backward_data" else None
@@ -359,10 +357,6 @@ def _estimate_direct(prim: str, cv, isz: int, threads: int) -> tuple[float, int,
         t = gemm_macs / (TILE_RATE * 4 / isz) + 2 * operands / DIRECT_BW
         tasks = cv.kh * -(-cv.kw * cv.c // columns(isz)) * -(-m // MR)
         return t / max(1, min(threads, tasks)), useful, "GEMMs on channel-last copies by the micro-kernel"
-    if prim == "backward_data" and mg >= 8 and kk >= 4 and cv.ow <= 4096:  # kn2row: reduce over dy, then scatter
-        t = useful / 2 / (four * 4 / isz) + n * cv.c * kk * cv.p / DIRECT_SCATTER + operands / DIRECT_BW
-        note = "dy planes reduced per tap (four taps x eight planes per pass), taps scatter-added"
-        return DIRECT_HEDGE * t / par, useful, note
     if prim == "backward_data":
         # every dx pixel sums its phase's taps over the zero-padded dy (a "full" correlation)
         fmas = n * cv.c * cv.h * cv.w * mg * kk / (cv.sh * cv.sw)

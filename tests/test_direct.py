@@ -8,14 +8,15 @@ the direct kernels choose by shape, each small enough to check against tests/ref
   reach, where every pixel is a border pixel;
 * unpadded stride-1 forward reading the input in place (lenet1-like, junk columns);
 * padded polyphase scratch planes for strides > 1, dilation and asymmetric padding (stem-like),
-  and backward_data by output phase (including phases no tap reaches) or, with >= 8 output
-  channels per group, by kn2row (a reduction over the dy planes, then each tap scatter-added);
+  and backward_data by output phase (including phases no tap reaches) or, with >= MR / 2 output
+  channels per group, as Z = Wᵀ dy by the micro-kernel, each tap's row of Z added where it lands;
 * backward_filter's junk columns, which must not turn a NaN / Inf of the input that no tap
   reaches into a NaN of ``dw``;
 * the register-blocked micro-kernel (forward, stride-1 backward_data): channel counts off its
   blocks, panels across rows, in-place reads with the last panel moved back, adjoint pads below
   zero, and non-finite pixels reaching only their own outputs;
-* stride-1 backward_data as Z = Wᵀ dy by the micro-kernel (junk columns zero, taps landing partly outside);
+* backward_data as Z = Wᵀ dy: at stride 1 with dy rows in dx's row length (junk columns zero, one run per tap),
+  strided and grouped with rows added one by one (taps landing partly outside);
 * backward_filter as GEMMs on channel-last copies (dilated columns as phases, strides, partial panels, more
   pixels than one chunk), a non-finite pixel reaching only the taps that read it;
 * bit-identical results for 1 and 2 threads.
@@ -55,11 +56,11 @@ CASES = {
     "rows_of_their_own_strided": ((2, 3, 5, 70), (4, 3, 3, 3), dict(stride=(1, 2), pad=1)),  # OW = 35 >= 32
     "rows_of_their_own_unpadded": ((2, 1, 6, 40), (3, 1, 3, 5), dict()),  # OW = 36, runs read x in place
     "rows_of_their_own_dw_stride2": ((1, 2, 5, 67), (2, 1, 3, 3), dict(stride=2, pad=1, groups=2)),
-    # backward_data by kn2row (>= 8 output channels per group, strided or grouped): strides, dilation, asymmetric
-    # padding
-    "kn2row_stride2": ((2, 3, 13, 12), (8, 3, 5, 5), dict(stride=2, pad=2)),
-    "kn2row_grouped_dilated": ((2, 4, 9, 10), (16, 2, 3, 3), dict(pad=((1, 0), (2, 1)), dilation=2, groups=2)),
-    "kn2row_stride3_wide": ((1, 2, 7, 40), (9, 2, 2, 3), dict(stride=(3, 1), pad=(0, 1))),
+    # backward_data as Z = Wᵀ dy where the dy rows are copied as they are (strides, groups): taps reaching rows and
+    # columns partly outside, dilation, asymmetric padding, a stride along one axis only
+    "data_gemm_stride2": ((2, 3, 13, 12), (8, 3, 5, 5), dict(stride=2, pad=2)),
+    "data_gemm_grouped_dilated": ((2, 4, 9, 10), (16, 2, 3, 3), dict(pad=((1, 0), (2, 1)), dilation=2, groups=2)),
+    "data_gemm_stride3_wide": ((1, 2, 7, 40), (9, 2, 2, 3), dict(stride=(3, 1), pad=(0, 1))),
     "empty_batch": ((0, 4, 7, 9), (4, 1, 3, 3), dict(pad=1, groups=4)),
     # the register-blocked micro-kernel (>= MR/2 output channels per group, >= 32 taps): forward, and stride-1
     # backward_data as the forward of dy with the flipped kernel; channel counts off the MR blocks, panels
@@ -129,7 +130,7 @@ def test_same_width_path_is_taken_for_depthwise_same():
 
 @pytest.mark.parametrize("case", UKERNEL)
 def test_micro_kernel_paths_are_taken(case):
-    """The ukernel cases run the micro-kernel forward, and (stride 1) backward_data by it too; "tall" and "3x3_pad1"
+    """The ukernel cases run the micro-kernel forward, and backward_data by it too; "tall" and "3x3_pad1"
     (as many multiply-adds as Z = Wᵀ dy, without its scatter) by the adjoint forward."""
     xs, ws, kw = CASES[case]
     x = np.ones(xs)
@@ -137,11 +138,12 @@ def test_micro_kernel_paths_are_taken(case):
     dy = np.ones(R.conv2d(x, w, **kw).shape)
     _, calls = launched_kernels(lambda: (fastconv.conv2d(x, w, **kw, strategy="direct"),
                                          fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")))
-    # backward_data by the micro-kernel at stride 1: the adjoint forward, or Z = Wᵀ dy where that does fewer
-    # multiply-adds (test_data_gemm_path_is_taken pins those cases)
+    # backward_data by the micro-kernel too: the adjoint forward (stride 1), or Z = Wᵀ dy where that does fewer
+    # multiply-adds or the stride is not 1 (test_data_gemm_path_is_taken pins those cases)
     assert len(calls) == 3 and calls[0] == direct._forward_tiles_kernel
-    by_tiles = calls[1] in (direct._forward_tiles_kernel, direct._data_gemm_kernel)
-    assert by_tiles == (kw.get("stride", 1) == 1)
+    assert calls[1] in (direct._forward_tiles_kernel, direct._data_gemm_kernel)
+    if kw.get("stride", 1) != 1:
+        assert calls[1] == direct._data_gemm_kernel
     if case in ("ukernel_tall", "ukernel_3x3_pad1"):
         assert calls[1] == direct._forward_tiles_kernel
     # backward_filter: GEMMs on channel-last copies, except grouped (float64: at most 24 columns per panel, so
@@ -162,16 +164,16 @@ def test_filter_gemm_path_is_taken(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", [*DATA_GEMM, "ukernel_3x3_pad1", "kn2row_stride2", "kn2row_grouped_dilated"])
+@pytest.mark.parametrize("case", [*DATA_GEMM, "ukernel_3x3_pad1", "stride3_sparse_phases"])
 def test_data_gemm_path_is_taken(case, dtype):
     """The data_gemm cases compute dx by Z = Wᵀ dy; a layer where the adjoint forward does as few multiply-adds
-    keeps the micro-kernel forward, strided and grouped ones kn2row."""
+    keeps the micro-kernel forward, one with fewer than MR / 2 output channels the forward's loops by phase."""
     xs, ws, kw = CASES[case]
     x, w = np.ones(xs, dtype), np.ones(ws, dtype)
     dy = np.ones(R.conv2d(x, w, **kw).shape, dtype)
     _, calls = launched_kernels(lambda: fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct"))
     want = (direct._data_gemm_kernel if case in DATA_GEMM else
-            direct._forward_tiles_kernel if case.startswith("ukernel") else direct._kn2row_kernel)
+            direct._forward_tiles_kernel if case.startswith("ukernel") else direct._backward_data_kernel)
     assert calls[0] == want
 
 
@@ -258,7 +260,7 @@ def test_backward_filter_junk_columns_never_touch_nonfinite_input(value, where):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-@pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2", "kn2row_stride2",
+@pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2",
                                   "ukernel_3x3_pad1", "ukernel_1x1_in_place", "ukernel_tall", *FILTER_GEMM, *DATA_GEMM])
 def test_direct_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]

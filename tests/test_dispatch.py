@@ -99,17 +99,17 @@ def test_auto_matches_named_strategy_for_every_choice(monkeypatch):
 
 
 def test_cost_model_regions_on_the_benchmark_layers():
-    """The documented regions (docs/strategies.md), where the measured gap is wide (>= 20 %): the GEMM
-    strategies for the strided stem's backward (direct's strided backward_data by kn2row: 18-20 ms, im2col's
-    12 ms), Winograd for the 3x3 ResNet layers (forward and backward: direct's weight gradient by GEMMs,
-    res3x3_14 forward+backward 19.0 ms against im2col's 25.1), direct for depthwise and single-channel layers,
-    no kn2row forward on a 3-channel strided stem, col2im for transposed convolution, direct for tiny calls."""
+    """The documented regions (docs/strategies.md), where the measured gap is wide (>= 20 %): Winograd for the
+    3x3 ResNet layers (forward and backward: direct's weight gradient by GEMMs, res3x3_14 forward+backward
+    19.0 ms against im2col's 25.1), direct for depthwise and single-channel layers, no kn2row forward on a
+    3-channel strided stem, direct for tiny calls.  (No longer wide, so not asserted: the stem's backward,
+    direct's backward_data as Z = Wᵀ·dy 11.0 ms against im2col's 11.5; a 4x4 stride-2 conv_transpose2d,
+    direct 2.7 ms against col2im's 2.9.)"""
     choices = {}
     for name, (xs, ws, kw) in BENCH.items():
         for op in ("conv2d", "conv2d_backward"):
             choices[name, op] = fastconv.choose_strategy(op, xs, ws, **kw)
             assert choices[name, op] in fastconv.STRATEGIES
-    assert choices["stem7x7", "conv2d_backward"] not in ("direct", "winograd")
     for key in [("dw3x3_56", "conv2d"), ("dw3x3_56", "conv2d_backward"), ("lenet1", "conv2d"),
                 ("lenet1", "conv2d_backward")]:
         assert choices[key] == "direct", key
@@ -117,7 +117,6 @@ def test_cost_model_regions_on_the_benchmark_layers():
                 ("res3x3_14", "conv2d_backward")]:
         assert choices[key] == "winograd", key
     assert fastconv.choose_strategy("conv2d", *BENCH["stem7x7"][:2], **BENCH["stem7x7"][2]) != "col2im"
-    assert fastconv.choose_strategy("conv_transpose2d", (8, 64, 28, 28), (64, 32, 4, 4), stride=2, pad=1) == "col2im"
     assert fastconv.choose_strategy("conv2d", (1, 1, 4, 4), (1, 1, 3, 3)) == "direct"
 
 

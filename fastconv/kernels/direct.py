@@ -24,10 +24,12 @@ element is written exactly once by one task.
   group, part of the group's output channels) with :func:`_accumulate` / :func:`_pass4`.  Stride 1
   with output rows as long as the input rows (depthwise 3x3 "same") runs straight from the input
   planes into the output (:func:`_same_width_kernel`; border rows and columns recomputed exactly).
-* backward_data: stride 1 with enough channels: the micro-kernel forward on ``dy`` with the
-  flipped kernel (:func:`_adjoint`).  Else with >= 8 output channels per group, kn2row
-  (:func:`_kn2row_kernel`): ``Z[tap] = sum over dy planes`` (four taps x eight planes per pass),
-  each tap's ``Z`` scatter-added where it lands in ``dx``.  Otherwise the forward's kernels with
+* backward_data: with at least ``MR / 2`` output channels per group, ``Z = Wᵀ dy`` by the
+  micro-kernel (``MR`` taps x ``NR`` pixels over the group's ``dy`` planes), each tap's row of ``Z``
+  added where it lands in ``dx`` (:func:`_data_gemm_kernel`; at stride 1 the ``dy`` planes take
+  ``dx``'s row length, so a tap's row lands as one run); at stride 1, where that does about as
+  many multiply-adds as the micro-kernel forward on ``dy`` with the flipped kernel
+  (:func:`_adjoint`), that forward instead (no scatter).  Otherwise the forward's kernels with
   the roles swapped (scratch = the zero-padded ``dy`` planes, taps = the flipped kernel); for
   strides > 1 one tap list per output phase ``(ih % sh, iw % sw)``, interleaved into ``dx``.
 * backward_filter: per tap, a dot product of the ``dy`` plane (in the scratch's row length, junk
@@ -779,160 +781,105 @@ def _backward_data_kernel(dy, wf, toff, twi, tp, phq, phr, sh, sw, groups, cg, p
 
 
 @parallel_kernel
-def _kn2row_kernel(dy, wz, sh, sw, dh, dw, pt, pl, groups, kw_, h_, w_, nparts):
-    """backward_data as ``Z[t] = sum_m w[m, c, t] * dy[m]`` (four taps x eight dy planes per pass) and a
-    scatter-add of each tap's ``Z[t]`` into ``dx`` at the pixels that tap really reaches.
+def _data_gemm_kernel(dy, ap, groups, cg, h_, w_, kh_, kw_, sh, sw, dh, dw, pt, pl, nr, chunk):
+    """backward_data as ``Z = Wᵀ dy`` by the micro-kernel, each tap's row of ``Z`` added where it lands in ``dx``.
 
-    ``wz[g, cl, t, mm] = w[g*mg + mm, cl, t]``.  One task per (image, group, part of its input channels);
-    the task zeroes its ``dx`` planes and adds into them in a fixed order.  At stride 1 the dy planes are
-    first copied with dx's row length (junk columns zero, so ``Z``'s are zero too): a tap whose columns all
-    land inside dx then scatter-adds as one run over whole rows (the junk lands, as zeros, on the next row).
+    ``ap[g, b, mm, r] = w[g * mg + mm, tap b * MR + r]`` (the group's taps ``(cl, kh, kw)`` in order, zero past
+    the last).  One task per (image, group): it copies the group's ``dy`` planes (at stride 1 with ``dx``'s row
+    length ``W``, junk columns zero, so that pixel ``q = oh * W + ow`` of every tap lands on ``dx``'s flat
+    ``q + (kh * dh - pt) * W + kw * dw - pl``: one contiguous run per tap where its columns all land inside,
+    else row by row), then :func:`._ukernel.tile_taps` computes ``MR`` taps x ``NR`` consecutive pixels over
+    the group's ``dy`` planes and each tap's run is added to the ``dx`` pixels it reaches.  Strided, the rows
+    are added into the group's ``dx`` planes split into ``sh x sw`` phases (where a tap's consecutive pixels
+    land side by side), interleaved into ``dx`` at the end.  The task zeroes what it adds into and adds in a
+    fixed order.
     """
     n_, m_, oh_, ow_ = dy.shape
-    cg, kk, mg = wz.shape[1], wz.shape[2], wz.shape[3]
-    c_ = cg * groups
-    flat = sh == 1 and sw == 1 and w_ > ow_
-    ws = w_ if flat else ow_  # row length of the dy planes the passes read, and of Z
-    ps = oh_ * ws
-    rows = max(1, min(oh_, _RUN // ws))
-    offs = np.arange(mg) * ps
-    mg8 = mg - mg % 8
-    cpp = (cg + nparts - 1) // nparts
-    dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
-    for task in prange(n_ * groups * nparts):
-        part = task % nparts
-        r = task // nparts
-        g = r % groups
-        n = r // groups
-        c0 = part * cpp
-        c1 = min(c0 + cpp, cg)
-        if c0 < c1:
-            if flat:
-                src = np.zeros(mg * ps, dtype=dy.dtype)
-                for mm in range(mg):
-                    for i in range(oh_):
-                        sr = dy[n, g * mg + mm, i]
-                        dr = src[mm * ps + i * ws:]
-                        for q in range(ow_):
-                            dr[q] = sr[q]
-            else:
-                src = dy[n].reshape(m_ * ps)[g * mg * ps:]
-            z = np.empty(_MB * _ROW, dtype=dy.dtype)
-            for cl in range(c0, c1):
-                plane = dx[n, g * cg + cl]
-                pflat = plane.reshape(h_ * w_)
-                for i in range(h_ * w_):
-                    pflat[i] = 0
-                wc = wz[g, cl]
-                for r0 in range(0, oh_, rows):
-                    nr = min(rows, oh_ - r0)
-                    nj = (nr - 1) * ws + ow_
-                    s0 = src[r0 * ws:]
-                    for t0 in range(0, kk, _MB):
-                        tb = min(_MB, kk - t0)
-                        if tb == _MB and mg8 > 0:
-                            w4 = wc[t0:t0 + _MB]
-                            for m8 in range(0, mg8, 8):
-                                _pass4(z, s0, offs, w4, m8, nj, m8 == 0)
-                            if mg8 < mg:
-                                for k in range(_MB):
-                                    _accumulate(z[k * _ROW:], s0, offs[mg8:], w4[k, mg8:], nj, False)
-                        else:
-                            for k in range(tb):
-                                _accumulate(z[k * _ROW:], s0, offs, wc[t0 + k], nj, True)
-                        for k in range(tb):  # scatter-add tap t0 + k where it lands inside dx
-                            tt = t0 + k
-                            ki = tt // kw_
-                            coff = (tt - ki * kw_) * dw - pl
-                            lo = max(0, -(coff // sw))
-                            last = w_ - 1 - coff
-                            hi = min(ow_, last // sw + 1) if last >= 0 else 0
-                            zk = z[k * _ROW:]
-                            roff = r0 * sh + ki * dh - pt  # dx row of this chunk's first dy row
-                            if flat and lo == 0 and hi == ow_:
-                                ilo = min(nr, max(0, -roff))
-                                ihi = max(ilo, min(nr, h_ - roff))
-                                if ihi > ilo:
-                                    d = pflat[(roff + ilo) * w_ + coff:]
-                                    zz = zk[ilo * ws:]
-                                    for q in range((ihi - ilo - 1) * ws + ow_):
-                                        d[q] += zz[q]
-                                continue
-                            for i in range(nr):
-                                ih = roff + i * sh
-                                if 0 <= ih < h_ and lo < hi:
-                                    drow = plane[ih]
-                                    zr = zk[i * ws:]
-                                    if sw == 1:
-                                        d = drow[lo + coff:]
-                                        zz = zr[lo:]
-                                        for q in range(hi - lo):
-                                            d[q] += zz[q]
-                                    else:
-                                        for q in range(lo, hi):
-                                            drow[q * sw + coff] += zr[q]
-    return dx
-
-
-@parallel_kernel
-def _data_gemm_kernel(dy, ap, c_, h_, w_, kh_, kw_, dh, dw, pt, pl, nr):
-    """Stride-1 backward_data as ``Z = Wᵀ dy`` by the micro-kernel, each tap's row of ``Z`` added where it lands.
-
-    ``ap[b, m, r] = w[m, tap b * MR + r]`` (taps ``(c, kh, kw)`` in order, zero past the last).  One task per
-    image: its ``dy`` planes are copied with ``dx``'s row length ``W`` (junk columns zero), so that pixel ``q =
-    oh * W + ow`` of every tap's ``Z`` lands on ``dx``'s flat ``q + (kh * dh - pt) * W + kw * dw - pl``;
-    :func:`._ukernel.tile_taps` computes ``MR`` taps x ``NR`` consecutive pixels over all ``M`` planes, and each
-    tap's run is added to the rows it reaches inside ``dx`` (one contiguous run where its columns all land
-    inside, row by row otherwise).  The task zeroes its image's ``dx`` and adds in a fixed order.
-    """
-    n_, m_, oh_, ow_ = dy.shape
-    nb = ap.shape[0]
+    nb, mg = ap.shape[1], ap.shape[2]
     kk = kh_ * kw_
-    ntap = c_ * kk
-    ps = oh_ * w_  # one dy plane in dx's row length
+    c_ = cg * groups
+    ntap = cg * kk
+    into_dx = sh == 1 and sw == 1  # stride 1: add into dx itself; else into its planes split into phases
+    hq = h_ if into_dx else (h_ + sh - 1) // sh
+    wq = w_ if into_dx else (w_ + sw - 1) // sw
+    rl = wq if ow_ <= wq else ow_  # row length of the dy copies: the target rows' where the dy rows fit
+    ps = oh_ * rl
     plane = h_ * w_
+    tplane = hq * wq
+    # per tap (cl, kh, kw): where dy pixel (rr, ow) lands -- target plane row rr + roff // sh, column
+    # ow + coff // sw, i.e. ``shift + rr * wq + ow`` -- the dy rows [rlo, rhi) whose dx row lies inside, and the
+    # dy columns [lo, hi) whose dx column does; run: every real column lands inside (one run per panel)
+    shift = np.empty(ntap, dtype=np.int64)
+    rlo = np.empty(ntap, dtype=np.int64)
+    rhi = np.empty(ntap, dtype=np.int64)
+    lo = np.empty(ntap, dtype=np.int64)
+    hi = np.empty(ntap, dtype=np.int64)
+    qend = np.empty(ntap, dtype=np.int64)  # pixels q < qend land inside the tap's target plane
+    for tap in range(ntap):
+        cl = tap // kk
+        roff = tap % kk // kw_ * dh - pt  # dx row of dy row 0 through this tap
+        coff = tap % kw_ * dw - pl  # dx column of dy column 0
+        tp = (cl * sh * sw + (roff % sh) * sw + coff % sw) * tplane
+        shift[tap] = tp + (roff // sh) * wq + coff // sw
+        qend[tap] = tp + tplane - shift[tap]
+        rlo[tap] = (max(0, -roff) + sh - 1) // sh
+        rhi[tap] = min(oh_, (h_ - roff + sh - 1) // sh) if h_ > roff else 0
+        lo[tap] = (max(0, -coff) + sw - 1) // sw
+        hi[tap] = min(ow_, (w_ - coff + sw - 1) // sw) if w_ > coff else 0
+        if rl == wq and lo[tap] == 0 and hi[tap] == ow_ and coff >= 0:
+            lo[tap] = -1  # (one run)
     dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
-    for n in prange(n_):
-        src = np.zeros(m_ * ps + nr, dtype=dy.dtype)
-        for m in range(m_):
+    for t in prange(n_ * groups):
+        n = t // groups
+        g = t % groups
+        src = np.zeros(mg * ps + nr, dtype=dy.dtype)
+        for mm in range(mg):
             for i in range(oh_):
-                sr = dy[n, m, i]
-                d = src[m * ps + i * w_:]
+                sr = dy[n, g * mg + mm, i]
+                d = src[mm * ps + i * rl:]
                 for q in range(ow_):
                     d[q] = sr[q]
-        offs = np.arange(m_) * ps
+        offs = np.arange(mg) * ps
         ct = np.empty(_MR * nr, dtype=dy.dtype)
         dxf = dx[n].reshape(c_ * plane)
-        for i in range(c_ * plane):
-            dxf[i] = 0
-        for b in range(nb):
-            for q0 in range(0, ps, nr):
-                qn = min(nr, ps - q0)
-                tile_taps(ap[b], src, q0, offs, ct, m_, False)
-                for r in range(min(_MR, ntap - b * _MR)):
-                    t = b * _MR + r
-                    c = t // kk
-                    ki = t % kk // kw_
-                    roff = ki * dh - pt  # dx row of dy row 0 through this tap
-                    coff = (t % kw_) * dw - pl
-                    base = c * plane + roff * w_ + coff
-                    # the pixels whose dx row lies inside: dy rows [max(0, -roff), min(OH, H - roff))
-                    q_lo = max(q0, max(0, -roff) * w_)
-                    q_hi = min(q0 + qn, min(oh_, h_ - roff) * w_)
-                    if q_lo >= q_hi:
-                        continue
-                    if coff >= 0 and ow_ - 1 + coff <= w_ - 1:  # every real column lands inside: one run (junk
-                        q_hi = min(q_hi, c * plane + plane - base)  # columns add zeros into the next row;
-                        if q_hi > q_lo:  # the last row's junk would run past the plane: cut there)
-                            _add(dxf, base + q_lo, ct, r * nr + q_lo - q0, q_hi - q_lo)
-                    else:  # row by row, the columns that land inside
-                        lo = max(0, -coff)
-                        hi = min(ow_, w_ - coff)
-                        for rr in range(q_lo // w_, (q_hi - 1) // w_ + 1):
-                            a = max(q_lo, rr * w_ + lo)
-                            e = min(q_hi, rr * w_ + hi)
+        if into_dx:
+            tgt = dxf[g * cg * plane:(g + 1) * cg * plane]
+        else:
+            tgt = np.empty(cg * sh * sw * tplane, dtype=dy.dtype)
+        for i in range(tgt.shape[0]):
+            tgt[i] = 0
+        for c0 in range(0, ps, chunk):  # chunks of pixels whose dy panels stay in L1 over all taps
+            for b in range(nb):
+                for q0 in range(c0, min(c0 + chunk, ps), nr):
+                    qn = min(nr, ps - q0)
+                    tile_taps(ap[g, b], src, q0, offs, ct, mg, False)
+                    q_rows = q0 // rl
+                    q_rowe = (q0 + qn - 1) // rl + 1
+                    for r in range(min(_MR, ntap - b * _MR)):
+                        tap = b * _MR + r
+                        r_lo = max(q_rows, rlo[tap])
+                        r_hi = min(q_rowe, rhi[tap])
+                        if r_lo >= r_hi:
+                            continue
+                        sh_t = shift[tap]
+                        if lo[tap] < 0:  # one run (junk columns add zeros into the next row; the last row's
+                            a = max(q0, r_lo * rl)  # would run past the target plane: cut there)
+                            e = min(q0 + qn, r_hi * rl, qend[tap])
                             if a < e:
-                                _add(dxf, base + a, ct, r * nr + a - q0, e - a)
+                                _add(tgt, sh_t + a, ct, r * nr + a - q0, e - a)
+                            continue
+                        for rr in range(r_lo, r_hi):  # row by row, the columns that land inside
+                            a = max(q0, rr * rl + lo[tap])
+                            e = min(q0 + qn, rr * rl + hi[tap])
+                            if a < e:
+                                _add(tgt, sh_t + rr * (wq - rl) + a, ct, r * nr + a - q0, e - a)
+        if not into_dx:  # the phases interleaved into dx
+            for cl in range(cg):
+                for ih in range(h_):
+                    row = tgt[((cl * sh + ih % sh) * sw) * tplane + (ih // sh) * wq:]
+                    d = dxf[(g * cg + cl) * plane + ih * w_:]
+                    for iw in range(w_):
+                        d[iw] = row[(iw % sw) * tplane + iw // sw]
     return dx
 
 
@@ -960,31 +907,45 @@ def _phase_taps(k: int, d: int, s: int, before: int, n_in: int, n_out: int):
     return taps, lens, lo, hi
 
 
-def _pack_taps(w: np.ndarray) -> np.ndarray:
-    """``ap[b, m, r] = w[m, tap b * MR + r]`` (taps ``(c, kh, kw)`` in order; zero past the last), for
-    :func:`_data_gemm_kernel`."""
+#: Bytes of dy panels :func:`_data_gemm_kernel` keeps in L1 while it runs over every tap (taps outer over the
+#: panels of a chunk: lenet2's backward_data took 1.3 ms so, 1.9 ms with the panels outer; the stem's 25 ms with
+#: the taps outer over whole images).
+_DATA_L1 = 32 * 1024
+
+
+def _pack_taps(w: np.ndarray, groups: int) -> np.ndarray:
+    """``ap[g, b, mm, r] = w[g * mg + mm, tap b * MR + r]`` (each group's taps ``(cl, kh, kw)`` in order; zero past
+    the last), for :func:`_data_gemm_kernel`."""
     m = w.shape[0]
+    mg = m // groups
     nt = w[0].size
     nb = -(-nt // _MR)
-    ap = np.zeros((nb * _MR, m), dtype=w.dtype)
-    ap[:nt] = w.reshape(m, nt).T
-    return np.ascontiguousarray(ap.reshape(nb, _MR, m).transpose(0, 2, 1))
+    ap = np.zeros((groups, nb * _MR, mg), dtype=w.dtype)
+    ap[:, :nt] = w.reshape(groups, mg, nt).transpose(0, 2, 1)
+    return np.ascontiguousarray(ap.reshape(groups, nb, _MR, mg).transpose(0, 1, 3, 2))
+
+
+def _data_rows(cv: Conv) -> int:
+    """Row length of :func:`_data_gemm_kernel`'s dy copies: its target rows' (dx's at stride 1, a phase's
+    otherwise) where the dy rows fit, else dy's."""
+    wq = -(-cv.w // cv.sw)
+    return wq if cv.ow <= wq else cv.ow
 
 
 def data_gemm_macs(cv: Conv, isz: int) -> int:
     """Multiply-adds :func:`_data_gemm_kernel` executes for ``cv`` (whole tap blocks and pixel panels)."""
     nr = _NR32 if isz == 4 else _NR64
-    return cv.n * -(-cv.c * cv.kk // _MR) * _MR * -(-cv.oh * cv.w // nr) * nr * cv.m
+    return cv.n * cv.g * -(-cv.cg * cv.kk // _MR) * _MR * -(-cv.oh * _data_rows(cv) // nr) * nr * cv.mg
 
 
 def _use_data_gemm(cv: Conv, isz: int) -> bool:
-    """Whether backward_data runs :func:`_data_gemm_kernel`: stride 1, one group, dy rows no longer than dx rows,
-    at least ``MR / 2`` output channels, and fewer multiply-adds than the micro-kernel forward of the adjoint
-    by a margin (lenet2: 155 M against 369 M; the 3x3 ResNet layers: about equal, and the scatter costs more)."""
-    if cv.sh != 1 or cv.sw != 1 or cv.g != 1 or cv.ow > cv.w or cv.m < _MR // 2 or cv.n == 0 or cv.oh <= 0:
+    """Whether backward_data runs :func:`_data_gemm_kernel`: at least ``MR / 2`` output channels per group, and at
+    stride 1 fewer multiply-adds than the micro-kernel forward of the adjoint, by a margin, where that applies
+    (lenet2: 155 M against 369 M; the 3x3 ResNet layers: about equal, and Z's additions cost more)."""
+    if cv.mg < _MR // 2 or cv.n == 0 or cv.oh <= 0 or cv.ow <= 0:
         return False
     adj = _adjoint(cv)
-    return not _use_tiles(adj) or data_gemm_macs(cv, isz) < 0.75 * tiles_macs(adj, isz)
+    return adj is None or not _use_tiles(adj) or data_gemm_macs(cv, isz) < 0.75 * tiles_macs(adj, isz)
 
 
 def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair) -> np.ndarray:
@@ -1002,15 +963,12 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
     mg = m // g
     cv = conv_of((n, cg * g, h, wd_), w.shape, geom, (oh, ow))
     if _use_data_gemm(cv, dy.dtype.itemsize):
-        return _run(_data_gemm_kernel, dy, _pack_taps(w), cg, h, wd_, kh, kw, dh, dw, pt, pl,
-                    _NR32 if dy.dtype.itemsize == 4 else _NR64)
+        nr = _NR32 if dy.dtype.itemsize == 4 else _NR64
+        chunk = max(nr, _DATA_L1 // (mg * dy.dtype.itemsize) // nr * nr)
+        return _run(_data_gemm_kernel, dy, _pack_taps(w, g), g, cg, h, wd_, kh, kw, sh, sw, dh, dw, pt, pl, nr, chunk)
     adj = _adjoint(cv)
     if adj is not None and _use_tiles(adj):
         return _tiles_forward(dy, _flipped(w, g), adj)
-    if mg >= 8 and kh * kw >= _MB and ow <= _RUN:
-        # many dy planes per group: reduce over them first, four taps x eight planes per pass (kn2row)
-        wz = np.ascontiguousarray(w.reshape(g, mg, cg, kh * kw).transpose(0, 2, 3, 1))
-        return _run(_kn2row_kernel, dy, wz, sh, sw, dh, dw, pt, pl, g, kw, h, wd_, _parts(n * g, cg))
     if (sh, sw) == (1, 1) and geom.pad[2] + geom.pad[3] == (kw - 1) * dw and wd_ == ow:
         # dx rows as long as dy rows: the forward's same-width kernel on dy with the flipped kernel
         wt = w.reshape(g, mg, cg, kh * kw).transpose(0, 2, 1, 3).reshape(g * cg, mg * kh * kw)
@@ -1293,8 +1251,7 @@ def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pai
 #
 # Upper bounds, derived from the kernels above, on the bytes a primitive allocates besides its inputs and its
 # result, per running task (at most min(threads, tasks) run at once).  Each task's arrays count twice (numba frees
-# a task's arrays when the next task's replace them, so a thread can hold two tasks' at once), kn2row's three
-# times: measured, it holds three Z per thread (1 or 2 threads, 1 to 64 images; tests/test_memory.py).
+# a task's arrays when the next task's replace them, so a thread can hold two tasks' at once).
 # The Python side's index tables (int64 tap offsets and their temporaries) count as _IDX arrays of the taps.
 
 #: Tap-sized int64 arrays alive at once while the index tables are built (meshgrid / repeat / tile temporaries).
@@ -1352,17 +1309,15 @@ def backward_data_bound(cv: Conv, isz: int) -> int:
     nt = mg * kk
     tasks = cv.n * g * _parts(cv.n * g, cg)
     wcopy = cv.m * cg * kk * isz  # the weight, transposed
-    if _use_data_gemm(cv, isz):  # packed taps; per task: dy planes in dx's row length, offsets, one tile
+    if _use_data_gemm(cv, isz):  # packed taps (and a temporary); per task: the group's dy planes, offsets, a tile
         nr = _NR32 if isz == 4 else _NR64
-        packed = -(-cv.c * kk // _MR) * _MR * cv.m * isz
-        return 2 * packed + _per_tasks(cv.n, cv.m * cv.oh * cv.w + nr + 2 * cv.m + _MR * nr, isz)
+        packed = g * -(-cg * kk // _MR) * _MR * mg * isz
+        phases = 0 if cv.sh == cv.sw == 1 else cg * cv.sh * cv.sw * -(-cv.h // cv.sh) * -(-cv.w // cv.sw)
+        per = mg * cv.oh * _data_rows(cv) + nr + 2 * mg + _MR * nr + phases
+        return 2 * packed + _per_tasks(cv.n * g, per, isz)
     adj = _adjoint(cv)
     if adj is not None and _use_tiles(adj):
         return wcopy + forward_bound(adj, isz)
-    if mg >= 8 and kk >= _MB and cv.ow <= _RUN:  # kn2row: dy planes in dx's row length (stride 1), Z
-        flat = cv.sh == cv.sw == 1 and cv.w > cv.ow
-        src = mg * cv.oh * cv.w if flat else 0
-        return wcopy + _per_tasks(tasks, src + _MB * _ROW, isz, 3)
     if cv.sh == cv.sw == 1 and cv.w == cv.ow:  # _same_width on dy
         return wcopy + _IDX * nt * 8 + _per_tasks(tasks, 2 * nt, 8)
     _, rlens, ptd, pbd = _phase_taps(cv.kh, cv.dh, cv.sh, cv.pt, cv.h, cv.oh)
