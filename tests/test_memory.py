@@ -203,12 +203,15 @@ def test_direct_scratch_does_not_grow_with_the_batch(prim):
 
 
 # direct's scratch bound (kernels/direct.py *_bound) against the measured peak: the layer above, a strided one, a
-# depthwise one and a small grouped one with dilation (each path of the primitives: polyphase, same-width, kn2row).
+# depthwise one, a small grouped one with dilation and a lenet2-like one (each path of the primitives: micro-kernel
+# forward, polyphase, same-width, weight gradient by GEMMs on channel-last copies or by dots, backward_data as
+# Z = Wᵀ·dy at stride 1 and strided).
 DIRECT_SHAPES = [  # (N, C, H, W, M, K, stride, pad, dilation, groups)
     (N, C, H, W, M, K, 1, 1, 1, 1),
     (8, 16, 20, 20, 16, 3, 2, 1, 1, 1),
     (2, 32, 56, 56, 32, 3, 1, 1, 1, 32),
     (3, 4, 9, 9, 6, 3, 1, 0, 2, 2),
+    (16, 20, 12, 12, 50, 5, 1, 0, 1, 1),
 ]
 
 
