@@ -73,6 +73,9 @@ CASES = {
     "ukernel_stride2_5x5": ((2, 4, 15, 14), (12, 4, 5, 5), dict(stride=2, pad=2)),
     "ukernel_grouped": ((2, 16, 9, 9), (16, 8, 3, 3), dict(pad=1, groups=2)),
     "ukernel_tall": ((1, 8, 40, 9), (8, 8, 3, 3), dict(pad=1)),
+    # many channels: backward_data by the adjoint forward at every vector width (Z = Wᵀ dy would do as many
+    # multiply-adds, plus its additions)
+    "ukernel_many_channels": ((1, 64, 10, 10), (64, 64, 3, 3), dict(pad=1)),
     # backward_filter as GEMMs on channel-last copies (one group, >= MR/2 output channels, KW*C columns mostly
     # filling the micro-kernel's panels): output channels off the MR blocks, more pixels than one chunk of
     # _FILTER_KC (accumulated), dilated columns split into phases, strides, asymmetric pads, a partial last panel
@@ -83,12 +86,12 @@ CASES = {
     "filter_gemm_partial_panel": ((2, 20, 8, 8), (6, 20, 5, 5), dict()),
     "filter_gemm_1x1": ((2, 40, 5, 6), (8, 40, 1, 1), dict()),
     # stride-1 backward_data as Z = Wᵀ dy by the micro-kernel, each tap's Z added where it lands: one input
-    # channel (the adjoint forward has too few output channels for the micro-kernel), a lenet2-like layer (far
-    # fewer multiply-adds than the adjoint forward), pads (taps whose columns land partly outside: row by row),
-    # dilation with asymmetric pads, taps off the MR blocks, more pixels than one panel
+    # channel (the adjoint forward has too few output channels for the micro-kernel, at every vector width), a
+    # lenet2-like layer (far fewer multiply-adds than the adjoint forward), pads (taps whose columns land partly
+    # outside: row by row), dilation with asymmetric pads, taps off the MR blocks, more pixels than one panel
     "data_gemm_one_channel": ((2, 1, 12, 11), (10, 1, 5, 5), dict()),
     "data_gemm_lenet2_like": ((2, 6, 12, 12), (9, 6, 5, 5), dict()),
-    "data_gemm_padded": ((2, 5, 9, 10), (6, 5, 3, 3), dict(pad=1)),
+    "data_gemm_padded": ((2, 1, 9, 10), (6, 1, 3, 3), dict(pad=1)),
     "data_gemm_dilated_asymmetric": ((1, 4, 11, 13), (5, 4, 3, 3), dict(pad=((2, 0), (1, 3)), dilation=2)),
 }
 UKERNEL = [c for c in CASES if c.startswith("ukernel")]
@@ -130,8 +133,8 @@ def test_same_width_path_is_taken_for_depthwise_same():
 
 @pytest.mark.parametrize("case", UKERNEL)
 def test_micro_kernel_paths_are_taken(case):
-    """The ukernel cases run the micro-kernel forward, and backward_data by it too; "tall" and "3x3_pad1"
-    (as many multiply-adds as Z = Wᵀ dy, without its scatter) by the adjoint forward."""
+    """The ukernel cases run the micro-kernel forward, and backward_data by it too (which form depends on the
+    vector width, except for "many_channels": the adjoint forward)."""
     xs, ws, kw = CASES[case]
     x = np.ones(xs)
     w = np.ones(ws)
@@ -144,7 +147,7 @@ def test_micro_kernel_paths_are_taken(case):
     assert calls[1] in (direct._forward_tiles_kernel, direct._data_gemm_kernel)
     if kw.get("stride", 1) != 1:
         assert calls[1] == direct._data_gemm_kernel
-    if case in ("ukernel_tall", "ukernel_3x3_pad1"):
+    if case == "ukernel_many_channels":
         assert calls[1] == direct._forward_tiles_kernel
     # backward_filter: GEMMs on channel-last copies, except grouped (float64: at most 24 columns per panel, so
     # the other cases' KW*C of 18-40 fill at least 0.75 of their panels at every vector width)
@@ -164,10 +167,10 @@ def test_filter_gemm_path_is_taken(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", [*DATA_GEMM, "ukernel_3x3_pad1", "stride3_sparse_phases"])
+@pytest.mark.parametrize("case", [*DATA_GEMM, "ukernel_many_channels", "dw3x3_stride2"])
 def test_data_gemm_path_is_taken(case, dtype):
     """The data_gemm cases compute dx by Z = Wᵀ dy; a layer where the adjoint forward does as few multiply-adds
-    keeps the micro-kernel forward, one with fewer than MR / 2 output channels the forward's loops by phase."""
+    keeps the micro-kernel forward, a depthwise one (one output channel per group) the forward's loops by phase."""
     xs, ws, kw = CASES[case]
     x, w = np.ones(xs, dtype), np.ones(ws, dtype)
     dy = np.ones(R.conv2d(x, w, **kw).shape, dtype)
