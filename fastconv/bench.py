@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from ._params import out_size
+
 # --------------------------------------------------------------------------- the layer suite
 
 
@@ -73,8 +75,7 @@ class ConvLayer:
     @property
     def out_hw(self) -> tuple[int, int]:
         return tuple(  # type: ignore[return-value]
-            (self.x[2 + a] + 2 * self.pad - self.dilation * (self.w[2 + a] - 1) - 1) // self.stride + 1
-            for a in range(2)
+            out_size(self.x[2 + a], self.w[2 + a], self.stride, self.dilation, self.pad, self.pad) for a in range(2)
         )
 
     @property
@@ -114,7 +115,7 @@ class PoolLayer:
     @property
     def out_hw(self) -> tuple[int, int]:
         return tuple(  # type: ignore[return-value]
-            (self.x[2 + a] + 2 * self.pad - self.size) // self.stride + 1 for a in range(2)
+            out_size(self.x[2 + a], self.size, self.stride, 1, self.pad, self.pad) for a in range(2)
         )
 
     @property
@@ -627,6 +628,8 @@ def sgemm_peak(n: int = 2048, calls: int = 5) -> float:
 _SGEMM_SCRIPT = r"""
 import json, statistics, sys, time
 import numpy as np
+
+from ._params import out_size
 shapes = json.loads(sys.argv[1])
 info = None
 try:
@@ -667,6 +670,8 @@ def sgemm_without_coretype(shapes: list[tuple[int, int, int]], threads: int) -> 
 _WARM_SCRIPT = r"""
 import json, time
 import numpy as np
+
+from ._params import out_size
 rng = np.random.default_rng(0)
 x = rng.standard_normal((64, 1, 28, 28), dtype=np.float32)
 w = rng.standard_normal((20, 1, 5, 5), dtype=np.float32)
@@ -691,6 +696,8 @@ def trivial(a):
 _FLOOR_SCRIPT = r"""
 import json, sys, time
 import numpy as np
+
+from ._params import out_size
 a = np.zeros(16, dtype=np.float32)
 sys.path.insert(0, sys.argv[1])
 t0 = time.perf_counter()
@@ -705,6 +712,8 @@ print(json.dumps({"import_numba": t1 - t0, "first_cached_call": t2 - t1, "total"
 _COLD_SCRIPT = r"""
 import json, time, traceback
 import numpy as np
+
+from ._params import out_size
 t0 = time.perf_counter()
 import fastconv
 t1 = time.perf_counter()

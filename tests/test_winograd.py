@@ -4,8 +4,8 @@ The general property tests run every strategy, "winograd" included, on random ge
 shapes it hands to "direct"); these pin down its own paths:
 
 * F(2x2, 3x3) forward and stride-1 backward_data, with dilation 1 and 2 along the rows (vector transforms,
-  tile rows of at least one vector call, the last call moved back; scalar transforms for shorter rows and
-  other dilations),
+  tile rows of at least one vector call, the last call moved back; quarter-width calls for rows of 7 tiles;
+  scalar transforms for shorter rows and other dilations),
   asymmetric pads, pads beyond the kernel's reach (backward_data's pads below zero), output
   channels off the micro-kernel's blocks, odd output sizes (tiles half outside), panels across
   images and a last panel past the last image;
@@ -33,6 +33,7 @@ CASES = {
     "valid_even": ((2, 8, 34, 34), (8, 8, 3, 3), dict()),
     "asymmetric_wide": ((1, 6, 35, 70), (12, 6, 3, 3), dict(pad=((0, 2), (2, 1)))),
     "small_images": ((5, 4, 7, 6), (5, 4, 3, 3), dict(pad=1)),  # panels across images, a last partial panel
+    "rows_of_seven": ((2, 8, 14, 14), (9, 8, 3, 3), dict(pad=1)),  # 7 tiles a row: the narrow vector calls
     "odd_output": ((3, 9, 7, 8), (5, 9, 3, 3), dict(pad=(0, 1))),
     "pad_beyond_reach": ((2, 8, 5, 6), (5, 8, 3, 3), dict(pad=3)),  # backward_data's pads are -1
     "dilated": ((2, 8, 12, 10), (16, 8, 3, 3), dict(pad=2, dilation=2)),
@@ -98,7 +99,7 @@ def test_nonfinite_input_reaches_only_its_outputs(case, value):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-@pytest.mark.parametrize("case", ["same_wide_rows", "small_images", "dilated", "dilated_wide_rows"])
+@pytest.mark.parametrize("case", ["same_wide_rows", "small_images", "dilated", "dilated_wide_rows", "rows_of_seven"])
 def test_winograd_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     rng = np.random.default_rng(14)

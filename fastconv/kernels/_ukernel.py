@@ -72,6 +72,12 @@ def lanes(itemsize: int) -> int:
     return VECTOR_BITS // (8 * itemsize)
 
 
+def lanes_narrow(itemsize: int) -> int:
+    """Tiles per :func:`input_tiles_narrow` / :func:`output_tiles_narrow` call: a quarter of a vector's lanes
+    (rows of 7 tiles, 14x14 images, hold too few tiles for whole or half vectors)."""
+    return max(2, lanes(itemsize) // 4)
+
+
 def lanes4(itemsize: int) -> int:
     """Tiles per :func:`input_tiles4` / :func:`output_tiles4` call: half a vector's lanes (a call spans four
     columns per tile; with whole vectors a 56-pixel row would hold too few tiles)."""
@@ -311,6 +317,15 @@ def input_tiles(typingctx, src, so, dst, do, dstride, rs):
 
 
 @intrinsic
+def input_tiles_narrow(typingctx, src, so, dst, do, dstride, rs):
+    """:func:`input_tiles` for ``lanes_narrow(itemsize)`` tiles."""
+    isz = _float_arrays(src, dst)
+    if isz is None:
+        return None
+    return types.void(src, so, dst, do, dstride, rs), _input16_codegen(lanes_narrow(isz), isz)
+
+
+@intrinsic
 def input_tiles4(typingctx, src, so, dst, do, dstride, rs):
     """:func:`input_tiles` for ``lanes4(itemsize)`` tiles four columns apart with patch columns two apart
     (dilation 2): ``d_j[i][k] = src[so + i * rs + 4 * j + 2 * k]`` (reads exactly
@@ -381,6 +396,15 @@ def output_tiles(typingctx, mb, mo, s, y, yo, low):
     if isz is None:
         return None
     return types.void(mb, mo, s, y, yo, low), _output16_codegen(lanes(isz), isz)
+
+
+@intrinsic
+def output_tiles_narrow(typingctx, mb, mo, s, y, yo, low):
+    """:func:`output_tiles` for ``lanes_narrow(itemsize)`` tiles."""
+    isz = _float_arrays(mb, y)
+    if isz is None:
+        return None
+    return types.void(mb, mo, s, y, yo, low), _output16_codegen(lanes_narrow(isz), isz)
 
 
 @intrinsic

@@ -45,7 +45,19 @@ from .._threads import get_num_threads
 from . import direct
 from ._tiles import Conv, conv_of
 from ._ukernel import MR as _MR
-from ._ukernel import columns, input_tiles, input_tiles4, lanes, lanes4, output_tiles, output_tiles4, tile_taps
+from ._ukernel import (
+    columns,
+    input_tiles,
+    input_tiles4,
+    input_tiles_narrow,
+    lanes,
+    lanes4,
+    lanes_narrow,
+    output_tiles,
+    output_tiles4,
+    output_tiles_narrow,
+    tile_taps,
+)
 
 
 def applies(cv: Conv) -> bool:
@@ -191,7 +203,7 @@ def _transform_run(dst, src, cnt, us, usv, r1, r2, r3, k1, k2, k3):
 
 
 @kernel
-def _input_transform(v, flat, plane, wp, c_, seg, nseg, step, nr, dh, dw, vl, vl4, flag):
+def _input_transform(v, flat, plane, wp, c_, seg, nseg, step, nr, dh, dw, vl, vln, vl4, flag):
     """``v[pos * sv + c * nr + j] = (Bᵀ d B)[pos]`` of tile ``j``'s 4x4 patch ``d`` in channel ``c`` of the padded
     input ``flat``; returns ``flag + sum(v * 0)``.
 
@@ -217,6 +229,11 @@ def _input_transform(v, flat, plane, wp, c_, seg, nseg, step, nr, dh, dw, vl, vl
                 for jb in range(0, cnt, vl):  # at the segment's end (recomputing a few tiles, same values)
                     jv = min(jb, cnt - vl)
                     input_tiles(flat, b0 + 2 * jv, v, c * nr + j0 + jv, sv, dh * wp)
+                done = cnt
+            elif step == 2 and cnt >= vln:  # short rows (14x14 images: 7 tiles): vln tiles per call
+                for jb in range(0, cnt, vln):
+                    jv = min(jb, cnt - vln)
+                    input_tiles_narrow(flat, b0 + 2 * jv, v, c * nr + j0 + jv, sv, dh * wp)
                 done = cnt
             elif step == 4 and cnt >= vl4:  # dilation 2 (columns): likewise, vl4 tiles four columns apart
                 for jb in range(0, cnt, vl4):
@@ -290,7 +307,7 @@ def _segments(p, seg, out, total, nr, per_img, tw_, cnt_, c_, m_, plane, wp, hw,
 
 
 @parallel_kernel
-def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vl4, group, flags):
+def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vln, vl4, group, flags):
     """One task per ``group`` consecutive panels of ``nr`` tiles.  Tiles are numbered by image, tile row, column
     phase (``ox % dw``) and index, so that runs of them (segments, one image, tile row and phase) lie ``2 * dw``
     columns apart.  A task transforms its panels' inputs, then runs the 16 products position by position, each
@@ -330,7 +347,8 @@ def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vl4, group,
                 vg[pos * sv + c_ * nr:(pos + 1) * sv] = 0  # last image
                 for c in range(c_):
                     vg[pos * sv + c * nr + j:pos * sv + (c + 1) * nr] = 0
-            flags[p0 + g] = _input_transform(vg, flat, plane, wp, c_, seg[g], nseg[g], step, nr, dh, dw, vl, vl4, zero)
+            flags[p0 + g] = _input_transform(vg, flat, plane, wp, c_, seg[g], nseg[g], step, nr, dh, dw, vl, vln, vl4,
+                                             zero)
         for pos in range(16):
             for b in range(nmb):
                 for g in range(ng):
@@ -347,6 +365,11 @@ def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vl4, group,
                         for jb in range(0, nb, vl):
                             jv = min(jb, nb - vl)
                             output_tiles(mg, m * nr + j0 + jv, s, yflat, o0 + 2 * jv, low)
+                        done = nb
+                    elif step == 2 and nb >= vln:  # short rows
+                        for jb in range(0, nb, vln):
+                            jv = min(jb, nb - vln)
+                            output_tiles_narrow(mg, m * nr + j0 + jv, s, yflat, o0 + 2 * jv, low)
                         done = nb
                     elif step == 4 and nb >= vl4:  # dilation 2 (columns): a masked store per row
                         for jb in range(0, nb, vl4):
@@ -386,7 +409,8 @@ def _forward(x: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray | None:
     nr = columns(x.dtype.itemsize)
     flags = np.zeros(-(-cv.n * th * tw // nr), dtype=x.dtype)
     y = direct._run(_forward_kernel, xp, _transform_weights(w), cv.m, cv.dh, cv.dw, cv.oh, cv.ow, th, tw // cv.dw, nr,
-                    lanes(x.dtype.itemsize), lanes4(x.dtype.itemsize), _group(cv, x.dtype.itemsize), flags)
+                    lanes(x.dtype.itemsize), lanes_narrow(x.dtype.itemsize), lanes4(x.dtype.itemsize),
+                    _group(cv, x.dtype.itemsize), flags)
     return y if not flags.any() else None
 
 
