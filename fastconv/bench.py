@@ -628,8 +628,6 @@ def sgemm_peak(n: int = 2048, calls: int = 5) -> float:
 _SGEMM_SCRIPT = r"""
 import json, statistics, sys, time
 import numpy as np
-
-from ._params import out_size
 shapes = json.loads(sys.argv[1])
 info = None
 try:
@@ -670,8 +668,6 @@ def sgemm_without_coretype(shapes: list[tuple[int, int, int]], threads: int) -> 
 _WARM_SCRIPT = r"""
 import json, time
 import numpy as np
-
-from ._params import out_size
 rng = np.random.default_rng(0)
 x = rng.standard_normal((64, 1, 28, 28), dtype=np.float32)
 w = rng.standard_normal((20, 1, 5, 5), dtype=np.float32)
@@ -696,8 +692,6 @@ def trivial(a):
 _FLOOR_SCRIPT = r"""
 import json, sys, time
 import numpy as np
-
-from ._params import out_size
 a = np.zeros(16, dtype=np.float32)
 sys.path.insert(0, sys.argv[1])
 t0 = time.perf_counter()
@@ -712,8 +706,6 @@ print(json.dumps({"import_numba": t1 - t0, "first_cached_call": t2 - t1, "total"
 _COLD_SCRIPT = r"""
 import json, time, traceback
 import numpy as np
-
-from ._params import out_size
 t0 = time.perf_counter()
 import fastconv
 t1 = time.perf_counter()

@@ -29,3 +29,14 @@ def test_bench_main_prints_the_layer_row(capsys):
 def test_bench_main_rejects_unknown_layer(capsys):
     assert bench.main(["--layers", "nope", "--no-startup"]) == 2
     assert "unknown layer 'nope'" in capsys.readouterr().err
+
+
+def test_startup_scripts_run_in_a_fresh_process():
+    """The start-up measurement's scripts run as ``python -c`` in fresh processes (a relative import pasted into
+    them once broke every start-up figure while the rest of the bench ran): the warm-start script runs and
+    reports its times.  (The cold-compile script shares its set-up; it is not run here: it compiles everything.)"""
+    import os
+
+    res = bench._run_script(bench._WARM_SCRIPT, [], dict(os.environ), 600)
+    assert "error" not in res, res
+    assert res["total"] > 0 and res["import"] > 0

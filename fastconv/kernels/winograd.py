@@ -19,7 +19,9 @@ against the float64 reference).  With a dilation ``d`` a tile is the outputs
   ``V[pos, c, j]``, runs the 16 products by the register-blocked micro-kernel
   (:func:`._ukernel.tile_taps`, ``MR`` output channels x the ``NR`` tiles, summed over the input
   channels in order), then transforms ``M[pos, m, j]`` back into the tiles' outputs.  Every output
-  element is written by one task, and its value does not depend on the grouping.
+  element is written by one task, and its value does not depend on the grouping.  The transforms are
+  vector code (:mod:`._ukernel`) for tiles two columns apart (dilation 1; whole, or quarter-width for
+  rows of few tiles) and four apart (dilation 2; half-width), scalar otherwise.
 * backward_data: ``dx`` of a stride-1 convolution is the forward of ``dy`` with the flipped kernel
   (:func:`.direct._adjoint`), so by the same kernel.
 * backward_filter, and every convolution Winograd does not apply to (kernel not 3x3, strides,
