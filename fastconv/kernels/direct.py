@@ -1365,11 +1365,11 @@ def backward_filter_scratch(cv: Conv, isz: int) -> int | None:
     return _within(backward_filter_bound(cv, isz))
 
 
-def _fits(prim: str, need: int) -> None:
+def _fits(prim: str, need: int, strategy: str = "direct") -> None:
     """Raise :class:`WorkspaceTooSmallError` (before allocating) when ``need`` bytes exceed the workspace limit."""
     if need > get_workspace_limit():
         raise WorkspaceTooSmallError(
-            f"direct {prim} needs {need} bytes of scratch memory at {get_num_threads()} threads, more than the "
+            f"{strategy} {prim} needs {need} bytes of scratch memory at {get_num_threads()} threads, more than the "
             f"workspace limit {get_workspace_limit()} bytes; raise it with fastconv.set_workspace_limit(), use "
             "fewer threads (fastconv.set_num_threads()) or another strategy"
         )

@@ -39,7 +39,6 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .._config import WorkspaceTooSmallError, get_workspace_limit
 from .._options import kernel, parallel_kernel
 from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
@@ -420,7 +419,7 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
     """conv2d without bias (F(2x2, 3x3) where it applies, else "direct")."""
     cv = conv_of(x.shape, w.shape, geom, out_hw)
     if cv.n > 0 and cv.oh > 0 and cv.ow > 0 and applies(cv):
-        _fits("forward", forward_bound(cv, x.dtype.itemsize))
+        direct._fits("forward", forward_bound(cv, x.dtype.itemsize), "winograd")
         y = _forward(x, w, cv)
         if y is not None:
             return y
@@ -433,7 +432,7 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
     cv = conv_of((n, w.shape[1] * geom.groups, *x_hw), w.shape, geom, (oh, ow))
     adj = direct._adjoint(cv)
     if cv.n > 0 and cv.h > 0 and cv.w > 0 and adj is not None and applies(adj):
-        _fits("backward_data", backward_data_bound(cv, dy.dtype.itemsize))
+        direct._fits("backward_data", backward_data_bound(cv, dy.dtype.itemsize), "winograd")
         dx = _forward(dy, direct._flipped(w, geom.groups), adj)
         if dx is not None:
             return dx
@@ -463,16 +462,6 @@ def backward_data_bound(cv: Conv, isz: int) -> int:
     if adj is None or not applies(adj) or cv.n == 0 or cv.h <= 0 or cv.w <= 0:
         return direct.backward_data_bound(cv, isz)
     return max(forward_bound(adj, isz) + cv.m * cv.cg * cv.kk * isz, direct.backward_data_bound(cv, isz))
-
-
-def _fits(prim: str, need: int) -> None:
-    """Raise :class:`WorkspaceTooSmallError` (before allocating) when ``need`` bytes exceed the workspace limit."""
-    if need > get_workspace_limit():
-        raise WorkspaceTooSmallError(
-            f"winograd {prim} needs {need} bytes of scratch memory at {get_num_threads()} threads, more than the "
-            f"workspace limit {get_workspace_limit()} bytes; raise it with fastconv.set_workspace_limit(), use "
-            "fewer threads (fastconv.set_num_threads()) or another strategy"
-        )
 
 
 def forward_scratch(cv: Conv, isz: int) -> int | None:
