@@ -306,36 +306,6 @@ def _input16_codegen(width: int, isz: int, step: int = 2):
     return codegen
 
 
-@intrinsic
-def input_tiles(typingctx, src, so, dst, do, dstride, rs):
-    """``lanes`` tiles two columns apart: ``dst[do + pos * dstride + j] = (Bᵀ d_j B)[pos]`` with patch
-    ``d_j[i][k] = src[so + i * rs + 2 * j + k]`` (no bounds checks)."""
-    isz = _float_arrays(src, dst)
-    if isz is None:
-        return None
-    return types.void(src, so, dst, do, dstride, rs), _input16_codegen(lanes(isz), isz)
-
-
-@intrinsic
-def input_tiles_narrow(typingctx, src, so, dst, do, dstride, rs):
-    """:func:`input_tiles` for ``lanes_narrow(itemsize)`` tiles."""
-    isz = _float_arrays(src, dst)
-    if isz is None:
-        return None
-    return types.void(src, so, dst, do, dstride, rs), _input16_codegen(lanes_narrow(isz), isz)
-
-
-@intrinsic
-def input_tiles4(typingctx, src, so, dst, do, dstride, rs):
-    """:func:`input_tiles` for ``lanes4(itemsize)`` tiles four columns apart with patch columns two apart
-    (dilation 2): ``d_j[i][k] = src[so + i * rs + 4 * j + 2 * k]`` (reads exactly
-    ``src[so + i * rs :][:4 * lanes4 + 3]``)."""
-    isz = _float_arrays(src, dst)
-    if isz is None:
-        return None
-    return types.void(src, so, dst, do, dstride, rs), _input16_codegen(lanes4(isz), isz, 4)
-
-
 def _output16_codegen(width: int, isz: int, step: int = 2):
     def codegen(context, builder, signature, args):
         mb, y = _vec_args(context, builder, signature, args, 0, 3)
@@ -388,30 +358,42 @@ def _output16_codegen(width: int, isz: int, step: int = 2):
     return codegen
 
 
-@intrinsic
-def output_tiles(typingctx, mb, mo, s, y, yo, low):
-    """``lanes`` tiles two columns apart, both columns inside: ``y[yo + 2 j + v] (, y[yo + low + 2 j + v] if
-    low > 0) = (Aᵀ M_j A)[u, v]`` with ``M_j[pos] = mb[mo + pos * s + j]`` (no bounds checks)."""
-    isz = _float_arrays(mb, y)
-    if isz is None:
-        return None
-    return types.void(mb, mo, s, y, yo, low), _output16_codegen(lanes(isz), isz)
+def _transform_intrinsic(name: str, codegen, arrays: tuple[int, int], width, step: int, doc: str):
+    """A numba intrinsic of six arguments (two of them, at ``arrays``, float arrays of one dtype) whose code is
+    ``codegen(width(itemsize), itemsize, step)``: the vector transforms below differ only in these."""
+
+    def typer(typingctx, a0, a1, a2, a3, a4, a5):
+        args = (a0, a1, a2, a3, a4, a5)
+        isz = _float_arrays(*(args[i] for i in arrays))
+        if isz is None:
+            return None
+        return types.void(*args), codegen(width(isz), isz, step)
+
+    typer.__name__ = typer.__qualname__ = name
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def output_tiles_narrow(typingctx, mb, mo, s, y, yo, low):
-    """:func:`output_tiles` for ``lanes_narrow(itemsize)`` tiles."""
-    isz = _float_arrays(mb, y)
-    if isz is None:
-        return None
-    return types.void(mb, mo, s, y, yo, low), _output16_codegen(lanes_narrow(isz), isz)
-
-
-@intrinsic
-def output_tiles4(typingctx, mb, mo, s, y, yo, low):
-    """:func:`output_tiles` for ``lanes4(itemsize)`` tiles four columns apart with output columns two apart
-    (dilation 2): writes ``y[yo + 4 j + 2 v]`` (and ``low`` below) only, under a mask."""
-    isz = _float_arrays(mb, y)
-    if isz is None:
-        return None
-    return types.void(mb, mo, s, y, yo, low), _output16_codegen(lanes4(isz), isz, 4)
+#: ``input_tiles(src, so, dst, do, dstride, rs)``: ``lanes`` tiles two columns apart,
+#: ``dst[do + pos * dstride + j] = (Bᵀ d_j B)[pos]`` with patch ``d_j[i][k] = src[so + i * rs + 2 * j + k]``
+#: (no bounds checks).
+input_tiles = _transform_intrinsic("input_tiles", _input16_codegen, (0, 2), lanes, 2, "lanes tiles two columns apart")
+#: :func:`input_tiles` for ``lanes_narrow(itemsize)`` tiles.
+input_tiles_narrow = _transform_intrinsic("input_tiles_narrow", _input16_codegen, (0, 2), lanes_narrow, 2,
+                                          "lanes_narrow tiles two columns apart")
+#: :func:`input_tiles` for ``lanes4(itemsize)`` tiles four columns apart with patch columns two apart (dilation 2):
+#: ``d_j[i][k] = src[so + i * rs + 4 * j + 2 * k]`` (reads exactly ``src[so + i * rs :][:4 * lanes4 + 3]``).
+input_tiles4 = _transform_intrinsic("input_tiles4", _input16_codegen, (0, 2), lanes4, 4,
+                                    "lanes4 tiles four columns apart, patch columns two apart")
+#: ``output_tiles(mb, mo, s, y, yo, low)``: ``lanes`` tiles two columns apart, both columns inside:
+#: ``y[yo + 2 j + v] (, y[yo + low + 2 j + v] if low > 0) = (Aᵀ M_j A)[u, v]`` with ``M_j[pos] = mb[mo + pos * s + j]``
+#: (no bounds checks).
+output_tiles = _transform_intrinsic("output_tiles", _output16_codegen, (0, 3), lanes, 2,
+                                    "lanes tiles two columns apart")
+#: :func:`output_tiles` for ``lanes_narrow(itemsize)`` tiles.
+output_tiles_narrow = _transform_intrinsic("output_tiles_narrow", _output16_codegen, (0, 3), lanes_narrow, 2,
+                                           "lanes_narrow tiles two columns apart")
+#: :func:`output_tiles` for ``lanes4(itemsize)`` tiles four columns apart with output columns two apart
+#: (dilation 2): writes ``y[yo + 4 j + 2 v]`` (and ``low`` below) only, under a mask.
+output_tiles4 = _transform_intrinsic("output_tiles4", _output16_codegen, (0, 3), lanes4, 4,
+                                     "lanes4 tiles four columns apart, output columns two apart")
