@@ -82,6 +82,16 @@ def assert_close(actual, expected, dtype, k: int = 1, mag: float = 1.0, what: st
     )
 
 
+def assert_same_nonfinite(actual, expected, k: int = 1000, what: str = "") -> None:
+    """NaN, +Inf and -Inf exactly where the float64 ``expected`` has them; the finite elements close (``k``: the
+    reduction size, as :func:`assert_close`)."""
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=f"NaN {what}")
+    np.testing.assert_array_equal(np.isposinf(actual), np.isposinf(expected), err_msg=f"+Inf {what}")
+    np.testing.assert_array_equal(np.isneginf(actual), np.isneginf(expected), err_msg=f"-Inf {what}")
+    fin = np.isfinite(expected)
+    assert_close(actual[fin], expected[fin], np.float64, k=k, what=what)
+
+
 def conv_reduction(ws, y_shape, xs) -> int:
     """The largest reduction of conv2d / its gradients on these shapes (taps x channels, or images x pixels)."""
     kk = ws[2] * ws[3]
