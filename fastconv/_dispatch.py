@@ -206,14 +206,14 @@ DOTS_CALL = 5e-8
 #: "winograd": multiply-adds/s of one thread in its 16 products (float32; the micro-kernel over contiguous panels),
 #: seconds per (tile, channel) of its input and output transforms (vectorised for dilation 1 and 2: [False, True]),
 #: and bytes/s at which each task reads the transformed kernel (from memory, or from L2 when it has <= 1 MiB).
-#: Measured, 2 threads: res3x3_56 6.3 ms, res3x3_14 5.9 ms (14x14: rows of 7 tiles, scalar transforms),
-#: dil3x3_56 8.8 ms (scalar transforms).
+#: Measured, 2 threads: res3x3_56 6.3 ms, res3x3_14 5.9 ms, dil3x3_56 8.8 ms, all three before the vector
+#: transforms for dilation 2 and for rows of few tiles (then 5.0-5.7 ms: docs/benchmarks.md).
 WINO_GEMM_RATE = 80e9
 WINO_TRANSFORM = (15e-9, 8e-9)
 WINO_U_BW = (2.5e9, 50e9)
 #: "direct": bytes/s of one thread streaming its operands from memory.
 DIRECT_BW = 16e9
-#: "direct" stride-1 backward_data by Z = Wᵀ·dy: adds/s of one thread putting Z's rows into dx.
+#: "direct" backward_data by Z = Wᵀ·dy: adds/s of one thread putting Z's rows into dx (or its phases).
 DATA_ADD_RATE = 4e9
 #: "direct"'s estimates are multiplied by this hedge.  It was 2.0 while the GEMM estimates ran ~2x above their
 #: measured times; GEMM_PEAK (80 -> 130 GFLOP/s) and MEM_BW (6 -> 9 GB/s) were recalibrated against the suite
@@ -309,7 +309,7 @@ def _estimate_prim(name: str, prim: str, cv, isz: int, threads: int) -> tuple[fl
 def _estimate_winograd(prim: str, cv, isz: int, threads: int) -> tuple[float, int, str]:
     """"winograd" (kernels/winograd.py): F(2x2, 3x3) where it applies, else "direct"'s code and estimate."""
     from .kernels import direct, winograd
-    from .kernels._ukernel import MR, columns, lanes, lanes4
+    from .kernels._ukernel import MR, columns, lanes4, lanes_narrow
 
     tiled = cv if prim == "forward" else direct._adjoint(cv) if prim == "backward_data" else None
     if tiled is None or not winograd.applies(tiled) or tiled.n == 0:
@@ -322,8 +322,10 @@ def _estimate_winograd(prim: str, cv, isz: int, threads: int) -> tuple[float, in
     macs = panels * nr * 16 * mp * tiled.c
     u_bytes = 16 * mp * tiled.c * isz  # the transformed kernel, read once per task (tasks of `group` panels)
     tasks = -(-panels // winograd._group(tiled, isz))
-    # tile rows long enough for the vector transforms (dilation 1: 2 columns per tile; 2: 4, half vectors)
-    vector = (tiled.dw == 1 and -(-tiled.ow // 2) >= lanes(isz)) or (tiled.dw == 2 and -(-tiled.ow // 4) >= lanes4(isz))
+    # tile rows long enough for the vector transforms (dilation 1: 2 columns per tile, whole or quarter vectors;
+    # dilation 2: 4 columns per tile, half vectors)
+    vector = ((tiled.dw == 1 and -(-tiled.ow // 2) >= lanes_narrow(isz))
+              or (tiled.dw == 2 and -(-tiled.ow // 4) >= lanes4(isz)))
     transform = WINO_TRANSFORM[vector] * panels * nr * (tiled.c + tiled.m)
     t = (macs / (WINO_GEMM_RATE * 4 / isz) + transform + tasks * u_bytes / WINO_U_BW[u_bytes <= 2**20]
          + tiled.n * tiled.c * tiled.h * tiled.w * isz / DIRECT_BW)

@@ -30,7 +30,7 @@ ProgressCallback = Callable[[int, int, str], None]
 _CONV_CASES = [
     ("3x3", (8, 4, 3, 3), 1, 1, 1, 1),
     ("1x1", (5, 4, 1, 1), 1, 0, 1, 1),
-    ("3x3 stride 2, 8 output channels", (8, 4, 3, 3), 2, 1, 1, 1),  # "direct"'s backward_data by kn2row
+    ("3x3 stride 2, 8 output channels", (8, 4, 3, 3), 2, 1, 1, 1),  # strided Z = Wᵀ·dy (phase-split dx)
     ("3x2 strided dilated grouped same", (6, 2, 3, 2), (2, 1), "same", (1, 2), 2),
     ("3x3 depthwise stride 2", (4, 1, 3, 3), 2, 1, 1, 4),
 ]
