@@ -1314,7 +1314,7 @@ def backward_data_bound(cv: Conv, isz: int) -> int:
         packed = g * -(-cg * kk // _MR) * _MR * mg * isz
         phases = 0 if cv.sh == cv.sw == 1 else cg * cv.sh * cv.sw * -(-cv.h // cv.sh) * -(-cv.w // cv.sw)
         per = mg * cv.oh * _data_rows(cv) + nr + 2 * mg + _MR * nr + phases
-        return 2 * packed + _per_tasks(cv.n * g, per, isz)
+        return 2 * packed + 6 * 8 * cg * kk + _per_tasks(cv.n * g, per, isz)  # (+ the six per-tap tables)
     adj = _adjoint(cv)
     if adj is not None and _use_tiles(adj):
         return wcopy + forward_bound(adj, isz)
