@@ -3,7 +3,8 @@
 Every convolution op is one of three primitives (as in JAX, backward passes are other
 convolutions):
 
-* ``forward(x, w, geom, out_hw) -> y`` -- conv2d without bias;
+* ``forward(x, w, geom, out_hw, bias=None) -> y`` -- conv2d, plus ``bias`` (an (M,) array of the dtype, or
+  None) added to each output as it is stored: one addition per element after the sum, as ``y + b`` would;
 * ``backward_data(dy, w, geom, x_hw) -> dx`` -- the adjoint of ``forward`` in ``x``
   (this is also conv_transpose2d's forward);
 * ``backward_filter(dy, x, geom, k_hw) -> dw`` -- the gradient in ``w``
@@ -23,7 +24,7 @@ import numpy as np
 
 from ._params import ConvGeometry, Pair
 
-Forward = Callable[[np.ndarray, np.ndarray, ConvGeometry, Pair], np.ndarray]
+Forward = Callable[[np.ndarray, np.ndarray, ConvGeometry, Pair, np.ndarray | None], np.ndarray]
 BackwardData = Callable[[np.ndarray, np.ndarray, ConvGeometry, Pair], np.ndarray]
 BackwardFilter = Callable[[np.ndarray, np.ndarray, ConvGeometry, Pair], np.ndarray]
 

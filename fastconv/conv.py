@@ -125,8 +125,9 @@ def conv2d(
     strat = resolve(strategy, "conv2d", xa.shape, wa.shape, geom, dtype)
     wc = prepare(wa, dtype)
     with serial_if_small(_macs(out_shape, wa.shape), "macs"):
-        y = _exact_if_nonfinite(strat, wc).forward(prepare(xa, dtype), wc, geom, out_shape[2:])
-        return y if b is None else _add_bias(y, b, dtype, strat)
+        # the bias is added by the strategy as it stores each output (no second pass over y)
+        bc = None if b is None else np.ascontiguousarray(b, dtype=dtype)
+        return _exact_if_nonfinite(strat, wc).forward(prepare(xa, dtype), wc, geom, out_shape[2:], bc)
 
 
 @_quiet

@@ -159,8 +159,8 @@ def _backward_filter_tile(dy3, x, dw3, g0, g1, cols, pb, kh_, kw_, sh, sw, dh, d
 # --------------------------------------------------------------------------- primitives
 
 
-def forward(x: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray:
-    """conv2d without bias for depthwise-like groups (see the module docstring)."""
+def forward(x: np.ndarray, w: np.ndarray, cv: Conv, bias: np.ndarray | None = None) -> np.ndarray:
+    """conv2d for depthwise-like groups (see the module docstring), plus ``bias`` (added per tile by its thread)."""
     y = np.empty((cv.n, cv.m, cv.oh, cv.ow), dtype=x.dtype)
     if cv.n == 0:
         record_scratch(0)
@@ -174,6 +174,8 @@ def forward(x: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray:
         cols = scratch.get(slot, "cols", cv.cg * cv.kk * pb)
         _forward_tile(x, w3, y3, n, g0, g1, cols, pb, cv.kh, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw,
                       cv.pt, cv.pl, cv.ow)
+        if bias is not None:
+            y3[n, g0 * cv.mg:g1 * cv.mg] += bias[g0 * cv.mg:g1 * cv.mg, None]
 
     run_tiles(len(tiles), work, cv.n * cv.m * cv.cg * cv.kk * cv.p)
     return y

@@ -101,11 +101,13 @@ def _planes(out: np.ndarray, body) -> None:
     run_tiles(tiles, lambda i, _slot: body(i * count // tiles, (i + 1) * count // tiles))
 
 
-def forward(x: np.ndarray, w: np.ndarray, geom, out_hw) -> np.ndarray:
-    """conv2d without bias, padding multiplied as real zeros (PyTorch's native CPU semantics)."""
+def forward(x: np.ndarray, w: np.ndarray, geom, out_hw, bias: np.ndarray | None = None) -> np.ndarray:
+    """conv2d, padding multiplied as real zeros (PyTorch's native CPU semantics), plus ``bias``."""
     y = np.empty((x.shape[0], w.shape[0], out_hw[0], out_hw[1]), dtype=x.dtype)
     (sh, sw), (pt, _, pl, _), (dh, dw) = geom.stride, geom.pad, geom.dilation
     _planes(y, lambda t0, t1: _forward(x, w, sh, sw, dh, dw, pt, pl, geom.groups, y, t0, t1))
+    if bias is not None:
+        y += bias[None, :, None, None]
     return y
 
 

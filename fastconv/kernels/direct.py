@@ -102,6 +102,14 @@ def _run(kern, *args):
     return kern(*args)
 
 
+def _bias_or_empty(bias: np.ndarray | None, dtype) -> np.ndarray:
+    """The kernels' bias argument: ``bias`` as a C-contiguous array of ``dtype``, or an empty one for none (one
+    compiled specialisation either way; a kernel adds nothing when it is empty)."""
+    if bias is None:
+        return np.empty(0, dtype=dtype)
+    return np.ascontiguousarray(bias, dtype=dtype)
+
+
 # --------------------------------------------------------------------------- inner loops
 
 
@@ -379,7 +387,7 @@ def _fill_polyphase(s, x, n, c0, cg, sh, sw, pt, pl, hq, wq):
 
 
 @parallel_kernel
-def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, nparts, unpadded):
+def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, nparts, unpadded, bias):
     n_, c_ = x.shape[0], x.shape[1]
     maxoff = 0
     for k in range(offs.shape[0]):
@@ -430,14 +438,19 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
                         for i in range(nr):
                             yr = y[n, m + k, oh0 + i]
                             ar = acc[k * _ROW + i * wq:]
-                            for o in range(ow_):
-                                yr[o] = ar[o]
+                            if bias.shape[0] > 0:
+                                bv = bias[m + k]
+                                for o in range(ow_):
+                                    yr[o] = ar[o] + bv
+                            else:
+                                for o in range(ow_):
+                                    yr[o] = ar[o]
                     m += mb
     return y
 
 
 @parallel_kernel
-def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, cblk, unpadded, nr):
+def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, cblk, unpadded, nr, bias):
     """Forward by the register-blocked micro-kernel :func:`._ukernel.tile_taps`.
 
     One task per (image, group, chunk of ``rows`` output rows): the task fills the polyphase
@@ -447,7 +460,7 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
     consecutive output columns in the scratch's row length ``wq``, computes ``MR x NR`` outputs
     over all taps in registers and copies the valid columns out.  A last panel that would read
     past the input planes is moved back to end at the last output (recomputing a few outputs of
-    the panel before it, with the same values).
+    the panel before it, with the same values).  ``bias`` (empty: none) is added as the outputs are copied out.
     """
     n_, c_ = x.shape[0], x.shape[1]
     nmb = ap.shape[1]
@@ -483,10 +496,16 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
                         lo = max(j0, rr * wq)
                         hi = min(j1, rr * wq + ow_)
                         for i in range(min(_MR, mg - b * _MR)):
-                            yo = ((n * m_ + g * mg + b * _MR + i) * oh_ + oh0 + rr) * ow_ - rr * wq
+                            m = g * mg + b * _MR + i
+                            yo = ((n * m_ + m) * oh_ + oh0 + rr) * ow_ - rr * wq
                             ci = i * nr - js
-                            for v in range(lo, hi):
-                                yflat[yo + v] = ct[ci + v]
+                            if bias.shape[0] > 0:
+                                bv = bias[m]
+                                for v in range(lo, hi):
+                                    yflat[yo + v] = ct[ci + v] + bv
+                            else:
+                                for v in range(lo, hi):
+                                    yflat[yo + v] = ct[ci + v]
     return y
 
 
@@ -500,9 +519,9 @@ def _pack_weights(w2: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(wp.reshape(groups, nmb, _MR, k).transpose(0, 1, 3, 2)).reshape(groups, nmb, k * _MR)
 
 
-def _tiles_forward(x: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray:
+def _tiles_forward(x: np.ndarray, w: np.ndarray, cv: Conv, bias: np.ndarray | None = None) -> np.ndarray:
     """The convolution ``cv`` (with its pads on the top and left only; zeros beyond the input) by
-    :func:`_forward_tiles_kernel`."""
+    :func:`_forward_tiles_kernel`, plus ``bias``."""
     rows, hq, cblk = _tiles_plan(cv, x.dtype.itemsize)
     _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
     unpadded = cv.sh == cv.sw == 1 and cv.pt == cv.pl == 0 and wq == cv.w
@@ -511,7 +530,7 @@ def _tiles_forward(x: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray:
     offs = _forward_taps(cv.cg, cv.kh, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, hq, wq)
     ap = _pack_weights(w.reshape(cv.m, cv.cg * cv.kk), cv.g)
     return _run(_forward_tiles_kernel, x, ap, offs, cv.m, cv.sh, cv.sw, cv.pt, cv.pl, cv.g, hq, wq, cv.oh, cv.ow,
-                rows, cblk, unpadded, _NR32 if x.dtype.itemsize == 4 else _NR64)
+                rows, cblk, unpadded, _NR32 if x.dtype.itemsize == 4 else _NR64, _bias_or_empty(bias, x.dtype))
 
 
 def _adjoint(cv: Conv) -> Conv | None:
@@ -596,8 +615,10 @@ def _parts(tasks: int, channels: int) -> int:
     return max(1, min(channels, -(-_TASKS // max(1, tasks))))
 
 
-def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> np.ndarray:
-    """conv2d without bias: ``y[n, m, oh, ow] = sum x_padded[n, c, oh*s + kh*d, ...] * w[m, c, kh, kw]``."""
+def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair, bias: np.ndarray | None = None
+            ) -> np.ndarray:
+    """conv2d: ``y[n, m, oh, ow] = sum x_padded[n, c, oh*s + kh*d, ...] * w[m, c, kh, kw] (+ bias[m])``; the bias
+    is added as each output is stored."""
     n, c = x.shape[:2]
     m, cg, kh, kw = w.shape
     oh, ow = out_hw
@@ -611,28 +632,31 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
     w2 = w.reshape(m, cg * kh * kw)
     cv = conv_of(x.shape, w.shape, geom, out_hw)
     if _use_tiles(cv):
-        return _tiles_forward(x, w, cv)
+        return _tiles_forward(x, w, cv, bias)
     if (sh, sw) == (1, 1) and geom.pad[2] + geom.pad[3] == (kw - 1) * dw and ow == x.shape[3]:
         # each output row as long as an input row: runs straight from x into y, borders exact
         ro = np.repeat(np.arange(kh) * dh - pt, kw)
         co = np.tile(np.arange(kw) * dw - pl, kh)
-        return _same_width(x, w2, np.repeat(np.arange(cg), kh * kw), np.tile(ro, cg), np.tile(co, cg), g, oh, nparts)
+        return _same_width(x, w2, np.repeat(np.arange(cg), kh * kw), np.tile(ro, cg), np.tile(co, cg), g, oh, nparts,
+                           bias)
     _, hq = _blocks(kh, dh, sh, pt, oh)
     _, wq = _blocks(kw, dw, sw, pl, ow)
     unpadded = (sh, sw) == (1, 1) and pt == pl == 0 and wq == x.shape[3] and hq <= x.shape[2]
     if unpadded:
         hq = x.shape[2]
     offs = _forward_taps(cg, kh, kw, sh, sw, dh, dw, hq, wq)
-    return _run(_forward_kernel, x, w2, offs, sh, sw, pt, pl, g, hq, wq, oh, ow, nparts, unpadded)
+    return _run(_forward_kernel, x, w2, offs, sh, sw, pt, pl, g, hq, wq, oh, ow, nparts, unpadded,
+                _bias_or_empty(bias, x.dtype))
 
 
 @parallel_kernel
-def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1, cl0, cr, j0, nrun):
+def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1, cl0, cr, j0, nrun, bias):
     """``out[n, o, r, :] = sum_t wt[o, t] * src[n, group planes tp[t], r + tro[t], : + tco[t]]`` (zero outside).
 
     Output rows are as long as the input rows (``W``).  Rows ``r0:r1`` run straight from ``src``
     into ``out`` (``nrun`` elements from ``j0``, taps at ``offs``), whose border columns
-    ``[0, cl0)`` and ``[W - cr, W)`` are then recomputed with bounds checks, as are the other rows.
+    ``[0, cl0)`` and ``[W - cr, W)`` are then recomputed with bounds checks, as are the other rows;
+    then ``bias[o]`` (empty: none) is added to the plane while it is in cache.
     """
     n_, p_, hs, w_ = src.shape
     o_ = wt.shape[0]
@@ -690,11 +714,17 @@ def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1,
                         a = wo[k]
                         for q in range(hi - lo):
                             dr[q] += a * sr[q]
+            if bias.shape[0] > 0:
+                bv = bias[o]
+                for e in range(oh_ * w_):
+                    flat[e] += bv
     return out
 
 
-def _same_width(src: np.ndarray, wt: np.ndarray, tp, tro, tco, groups: int, oh: int, nparts: int) -> np.ndarray:
-    """Run :func:`_same_width_kernel`: ``src`` (N, P, H, W) planes, taps (plane, row offset, column offset)."""
+def _same_width(src: np.ndarray, wt: np.ndarray, tp, tro, tco, groups: int, oh: int, nparts: int,
+                bias: np.ndarray | None = None) -> np.ndarray:
+    """Run :func:`_same_width_kernel`: ``src`` (N, P, H, W) planes, taps (plane, row offset, column offset), plus
+    ``bias``."""
     hs, w_ = src.shape[2:]
     tp, tro, tco = (np.ascontiguousarray(a, dtype=np.int64) for a in (tp, tro, tco))
     r0 = max(0, -int(tro.min()))
@@ -705,7 +735,7 @@ def _same_width(src: np.ndarray, wt: np.ndarray, tp, tro, tco, groups: int, oh: 
     nrun = max(0, nrun)
     offs = tp * hs * w_ + tro * w_ + tco + j0
     return _run(_same_width_kernel, src, np.ascontiguousarray(wt), offs, tp, tro, tco, groups, oh, nparts, r0, r1,
-                cl0, cr, j0, nrun)
+                cl0, cr, j0, nrun, _bias_or_empty(bias, src.dtype))
 
 
 # --------------------------------------------------------------------------- backward_data

@@ -52,11 +52,13 @@ def _forward_plan(cv: Conv, isz: int):
     return plan_tiles(cv.n, cv.p, cv.c * cv.kk * isz, get_workspace_limit() // T_MAX)
 
 
-def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> np.ndarray:
-    """conv2d without bias: im2col of each tile, then ``y_tile = W · cols`` (one BLAS GEMM per group)."""
+def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair, bias: np.ndarray | None = None
+            ) -> np.ndarray:
+    """conv2d: im2col of each tile, then ``y_tile = W · cols`` (one BLAS GEMM per group), then ``y_tile += bias``
+    by the same thread while the tile is in cache."""
     cv = conv_of(x.shape, w.shape, geom, out_hw)
     if _grouped.use_grouped(cv):
-        return _grouped.forward(x, w, cv)
+        return _grouped.forward(x, w, cv, bias)
     y = np.empty((cv.n, cv.m, cv.oh, cv.ow), dtype=x.dtype)
     if cv.n == 0:
         record_scratch(0)
@@ -74,15 +76,19 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
     x4 = x.reshape(cv.n, g, cv.cg, cv.h * cv.w)
 
     geo = geo_of(cv)
+    b4 = None if bias is None else bias.reshape(1, g, cv.mg, 1)
 
     def work(i: int, slot: int) -> None:
         n0, nb, p0, pc = tiles[i]
+        yt = y4[n0:n0 + nb, :, :, p0:p0 + pc]
         if pointwise:  # the columns are the input itself
-            mm(w3, x4[n0:n0 + nb, :, :, p0:p0 + pc], out=y4[n0:n0 + nb, :, :, p0:p0 + pc])
-            return
-        buf = scratch.get(slot, "cols", nb * c * kk * pc)
-        gather_patches(x, buf, n0, nb, p0, pc, 0, c, 0, kk, geo, c * kk * pc, pc)
-        mm(w3, buf.reshape(nb, g, cv.cg * kk, pc), out=y4[n0:n0 + nb, :, :, p0:p0 + pc])
+            mm(w3, x4[n0:n0 + nb, :, :, p0:p0 + pc], out=yt)
+        else:
+            buf = scratch.get(slot, "cols", nb * c * kk * pc)
+            gather_patches(x, buf, n0, nb, p0, pc, 0, c, 0, kk, geo, c * kk * pc, pc)
+            mm(w3, buf.reshape(nb, g, cv.cg * kk, pc), out=yt)
+        if b4 is not None:
+            yt += b4
 
     run_tiles(len(tiles), work, cv.n * cv.m * cv.cg * kk * cv.p)
     return y

@@ -126,13 +126,15 @@ def _tile_z_elems(cv: Conv, t: tuple[int, int, int, int]) -> int:
     return t[1] * cv.m * cv.kk * (hi - lo) * cv.w
 
 
-def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> np.ndarray:
-    """conv2d without bias: ``Z = Wr · X`` on the un-expanded input, then a race-free shift-and-add."""
+def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair, bias: np.ndarray | None = None
+            ) -> np.ndarray:
+    """conv2d: ``Z = Wr · X`` on the un-expanded input, then a race-free shift-and-add, then ``+= bias`` on the
+    tile's rows by the same thread."""
     cv = conv_of(x.shape, w.shape, geom, out_hw)
     if _grouped.use_grouped(cv):
-        return _grouped.forward(x, w, cv)
+        return _grouped.forward(x, w, cv, bias)
     if cv.pointwise:  # Z = W · X is y itself: one GEMM, as in im2col
-        return gemm.forward(x, w, geom, out_hw)
+        return gemm.forward(x, w, geom, out_hw, bias)
     y = np.empty((cv.n, cv.m, cv.oh, cv.ow), dtype=x.dtype)
     if cv.n == 0:
         record_scratch(0)
@@ -161,6 +163,8 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> n
             mm(wr, x4[n0:n0 + nb, :, :, lo * cv.w:hi * cv.w], out=z.reshape(nb, g, mg * kk, rows * cv.w))
         shift_add(z, y, n0, nb, oh0, oh1, lo, rows, cv.h, cv.w, cv.kh, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, cv.pt,
                   cv.pl)
+        if bias is not None:
+            y[n0:n0 + nb, :, oh0:oh1] += bias[:, None, None]
 
     run_tiles(len(tiles), work, cv.n * cv.m * cg * kk * cv.p)
     return y

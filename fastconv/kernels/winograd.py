@@ -308,12 +308,13 @@ def _segments(p, seg, out, total, nr, per_img, tw_, cnt_, c_, m_, plane, wp, hw,
 
 
 @parallel_kernel
-def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vln, vl4, group, flags):
+def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vln, vl4, group, flags, bias):
     """One task per ``group`` consecutive panels of ``nr`` tiles.  Tiles are numbered by image, tile row, column
     phase (``ox % dw``) and index, so that runs of them (segments, one image, tile row and phase) lie ``2 * dw``
     columns apart.  A task transforms its panels' inputs, then runs the 16 products position by position, each
     block of the transformed kernel against every panel of the group (so a large kernel is read once per group,
-    not per panel), then transforms the outputs back."""
+    not per panel), then transforms the outputs back and adds ``bias`` (empty: none) to them while they are in
+    cache."""
     n_, c_, hp, wp = xp.shape
     nmb = (ap.shape[1] - _UPAD) // (c_ * _MR)
     mp = nmb * _MR
@@ -380,6 +381,13 @@ def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vln, vl4, g
                     _output_tiles(yflat, mg, m * nr + j0 + done, s, o0 + done * step, nb - done, step, dw, low, True)
                     if nb < nl:
                         _output_tiles(yflat, mg, m * nr + j0 + nb, s, o0 + nb * step, nl - nb, step, dw, low, False)
+                    if bias.shape[0] > 0:  # the segment's outputs: columns dw apart (nl left + nb right ones), 1-2 rows
+                        bv = bias[m]
+                        for k in range(nl + nb):
+                            yflat[o0 + dw * k] += bv
+                        if low > 0:
+                            for k in range(nl + nb):
+                                yflat[o0 + low + dw * k] += bv
     return y
 
 
@@ -401,9 +409,9 @@ def _group(cv: Conv, isz: int) -> int:
     return max(1, min(-(-npan // max(1, get_num_threads())), _GROUP_BYTES // per_panel))
 
 
-def _forward(x: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray | None:
-    """Winograd forward of ``cv`` (pads on the top and left; zeros beyond the input); None when the input holds
-    NaN or infinity (the caller then runs "direct")."""
+def _forward(x: np.ndarray, w: np.ndarray, cv: Conv, bias: np.ndarray | None = None) -> np.ndarray | None:
+    """Winograd forward of ``cv`` (pads on the top and left; zeros beyond the input) plus ``bias``; None when the
+    input holds NaN or infinity (the caller then runs "direct")."""
     hp, wp = _padded(cv)
     xp = _pad_copy(x, cv.pt, cv.pl, hp, wp)
     th, tw = _tiles_of(cv.oh, cv.dh), _tiles_of(cv.ow, cv.dw)
@@ -411,19 +419,20 @@ def _forward(x: np.ndarray, w: np.ndarray, cv: Conv) -> np.ndarray | None:
     flags = np.zeros(-(-cv.n * th * tw // nr), dtype=x.dtype)
     y = direct._run(_forward_kernel, xp, _transform_weights(w), cv.m, cv.dh, cv.dw, cv.oh, cv.ow, th, tw // cv.dw, nr,
                     lanes(x.dtype.itemsize), lanes_narrow(x.dtype.itemsize), lanes4(x.dtype.itemsize),
-                    _group(cv, x.dtype.itemsize), flags)
+                    _group(cv, x.dtype.itemsize), flags, direct._bias_or_empty(bias, x.dtype))
     return y if not flags.any() else None
 
 
-def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair) -> np.ndarray:
-    """conv2d without bias (F(2x2, 3x3) where it applies, else "direct")."""
+def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair, bias: np.ndarray | None = None
+            ) -> np.ndarray:
+    """conv2d (F(2x2, 3x3) where it applies, else "direct"), plus ``bias`` (added as the outputs are stored)."""
     cv = conv_of(x.shape, w.shape, geom, out_hw)
     if cv.n > 0 and cv.oh > 0 and cv.ow > 0 and applies(cv):
         direct._fits("forward", forward_bound(cv, x.dtype.itemsize), "winograd")
-        y = _forward(x, w, cv)
+        y = _forward(x, w, cv, bias)
         if y is not None:
             return y
-    return direct.forward(x, w, geom, out_hw)
+    return direct.forward(x, w, geom, out_hw, bias)
 
 
 def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair) -> np.ndarray:
