@@ -160,8 +160,8 @@ def _broken(monkeypatch, name: str) -> None:
     """Make strategy ``name``'s forward primitive wrong by a small amount in one element."""
     strat = _registry.get(name)
 
-    def forward(x, w, geom, out_hw):
-        y = strat.forward(x, w, geom, out_hw)
+    def forward(x, w, geom, out_hw, bias=None):
+        y = strat.forward(x, w, geom, out_hw, bias)
         if y.size:
             y.flat[y.size // 2] += 1e-3 * max(float(np.abs(y).max()), 1.0)
         return y
@@ -184,7 +184,7 @@ def test_check_reports_an_exception_as_a_failure(monkeypatch, capsys):
     name = fastconv.STRATEGIES[0]
     strat = _registry.get(name)
 
-    def forward(x, w, geom, out_hw):
+    def forward(x, w, geom, out_hw, bias=None):
         raise RuntimeError("boom")
 
     monkeypatch.setitem(_registry._REGISTRY, name, dataclasses.replace(strat, forward=forward))
@@ -226,7 +226,7 @@ def test_main_job_reports_an_exception_as_a_failure(monkeypatch, capsys):
     name = fastconv.STRATEGIES[0]
     strat = _registry.get(name)
 
-    def forward(x, w, geom, out_hw):
+    def forward(x, w, geom, out_hw, bias=None):
         raise RuntimeError("boom")
 
     monkeypatch.setitem(_registry._REGISTRY, name, dataclasses.replace(strat, forward=forward))

@@ -603,11 +603,19 @@ def _blocks(k: int, d: int, s: int, before: int, out: int) -> tuple[int, int]:
 
 
 def _forward_taps(cg: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, hq: int, wq: int) -> np.ndarray:
-    """Offsets of every tap (c, kh, kw), in that order, into the polyphase scratch of ``_fill_polyphase``."""
+    """Offsets of every tap (c, kh, kw), in that order, into the polyphase scratch of ``_fill_polyphase`` (a new
+    array each call, from a cache: building it took ~20 us, 5 % of lenet1's forward)."""
+    return _forward_taps_cached(cg, kh, kw, sh, sw, dh, dw, hq, wq).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_taps_cached(cg: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, hq: int, wq: int):
     blk = hq * wq
     c, i, j = np.meshgrid(np.arange(cg), np.arange(kh) * dh, np.arange(kw) * dw, indexing="ij")
     off = c * (sh * sw * blk) + ((i % sh) * sw + j % sw) * blk + (i // sh) * wq + j // sw
-    return np.ascontiguousarray(off.reshape(-1), dtype=np.int64)
+    off = np.ascontiguousarray(off.reshape(-1), dtype=np.int64)
+    off.flags.writeable = False  # (the cache's copy; callers get their own)
+    return off
 
 
 def _parts(tasks: int, channels: int) -> int:
