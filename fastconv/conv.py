@@ -30,7 +30,7 @@ from ._params import (
 from ._registry import Strategy
 from ._small import serial_if_small
 from .kernels import _nonfinite
-from .kernels.bias import add_bias, bias_grad
+from .kernels.bias import add_bias, bias_grad, bias_grad_workers
 from .kernels.common import crop_nchw, pad_nchw
 from .kernels.im2col import col2im_kernel, im2col_kernel
 
@@ -60,11 +60,11 @@ def _add_bias(y: np.ndarray, b: np.ndarray, dtype: np.dtype, strat: Strategy) ->
 
 
 def _bias_grad(dy: np.ndarray, strat: Strategy) -> np.ndarray:
-    """``db``: kernels/bias.py's parallel float64 sums after a strategy on numba's pool, NumPy's float64 sum
-    after one on Python threads (see ``Strategy.numba_pool``)."""
+    """``db``: kernels/bias.py's float64 sums, on numba's pool after a strategy that runs there, else on the
+    Python worker threads (see ``Strategy.numba_pool``); the same sums either way."""
     if strat.numba_pool:
         return bias_grad(dy)
-    return dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dy.dtype)
+    return bias_grad_workers(dy)
 
 
 def _macs(out_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:

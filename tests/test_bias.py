@@ -64,3 +64,15 @@ def test_bias_dtype_promotes():
     y = fastconv.conv2d(x, w, **kw, bias=b.astype(np.float64))
     assert y.dtype == np.float64
     np.testing.assert_array_equal(y, fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), **kw) + b[None, :, None, None])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bias_gradient_is_the_same_sum_for_every_strategy(strategy, dtype):
+    """db is summed by the same kernel whether the strategy runs on numba's threads or on the Python workers."""
+    rng = np.random.default_rng(3)
+    x, w = uniform(rng, (3, 6, 11, 9), dtype), uniform(rng, (10, 6, 3, 3), dtype)
+    dy = uniform(rng, (3, 10, 11, 9), dtype)
+    _, _, db = fastconv.conv2d_backward(dy, x, w, pad=1, strategy=strategy)
+    _, _, db_direct = fastconv.conv2d_backward(dy, x, w, pad=1, strategy="direct")
+    np.testing.assert_array_equal(db, db_direct)
+    assert_close(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), dtype, 3 * 11 * 9)
