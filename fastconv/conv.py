@@ -61,7 +61,7 @@ def _add_bias(y: np.ndarray, b: np.ndarray, dtype: np.dtype, strat: Strategy) ->
 
 def _bias_grad(dy: np.ndarray, strat: Strategy) -> np.ndarray:
     """``db``: kernels/bias.py's float64 sums, on numba's pool after a strategy that runs there, else on the
-    Python worker threads (see ``Strategy.numba_pool``); the same sums either way."""
+    Python worker threads (see ``Strategy.numba_pool``); the same algorithm either way."""
     if strat.numba_pool:
         return bias_grad(dy)
     return bias_grad_workers(dy)

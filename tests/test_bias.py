@@ -67,12 +67,15 @@ def test_bias_dtype_promotes():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bias_gradient_is_the_same_sum_for_every_strategy(strategy, dtype):
-    """db is summed by the same kernel whether the strategy runs on numba's threads or on the Python workers."""
+def test_bias_gradient_matches_for_every_strategy(strategy, dtype):
+    """db is summed by the same kernel whether the strategy runs on numba's threads or on the Python workers: equal
+    up to the last bits (LLVM may vectorise the float64 block sums of the standalone kernel and of its copy inlined
+    in the parallel one with different partial sums: measured 2 ulp) and close to the float64 sum."""
     rng = np.random.default_rng(3)
     x, w = uniform(rng, (3, 6, 11, 9), dtype), uniform(rng, (10, 6, 3, 3), dtype)
     dy = uniform(rng, (3, 10, 11, 9), dtype)
     _, _, db = fastconv.conv2d_backward(dy, x, w, pad=1, strategy=strategy)
     _, _, db_direct = fastconv.conv2d_backward(dy, x, w, pad=1, strategy="direct")
-    np.testing.assert_array_equal(db, db_direct)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(db, db_direct, rtol=4 * eps, atol=4 * eps * np.abs(dy).sum(axis=(0, 2, 3)).max())
     assert_close(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), dtype, 3 * 11 * 9)
