@@ -10,14 +10,16 @@ glibc returns large freed blocks to the kernel (``munmap``, or trimming the heap
 thresholds have grown past them, so the first large layers of a process can fault every page of every
 fresh output and scratch array on every call (measured on the 2-core development machine: res3x3_56
 forward 6.9 ms and backward 13.9 ms with ~2300 faults per call, 5.0 and 11.9 ms with the tunables above;
-the later layers of the same process: no faults either way).  ``python -m fastconv bench`` runs in the steady state (its figures did
-not change with the tunables); torch's allocations meet the same thresholds.  Not a pytest file.
+the later layers of the same process: no faults either way).  ``python -m fastconv bench`` runs in the
+steady state (its figures did not change with the tunables); torch's allocations meet the same
+thresholds.  Not a pytest file.
 """
 
 from __future__ import annotations
 
 import resource
 import time
+from functools import partial
 
 import numpy as np
 
@@ -43,8 +45,9 @@ def main(calls: int = 20) -> None:
         w = rng.standard_normal(ws, dtype=np.float32)
         b = rng.standard_normal(ws[0], dtype=np.float32)
         dy = rng.standard_normal(fastconv.conv2d(x, w, s, p, d, bias=b).shape, dtype=np.float32)
-        for label, fn in (("forward", lambda: fastconv.conv2d(x, w, s, p, d, bias=b)),
-                          ("backward", lambda: fastconv.conv2d_backward(dy, x, w, s, p, d))):
+        calls = (("forward", partial(fastconv.conv2d, x, w, s, p, d, bias=b)),
+                 ("backward", partial(fastconv.conv2d_backward, dy, x, w, s, p, d)))
+        for label, fn in calls:
             fn()
             times, f0 = [], _faults()
             for _ in range(calls):

@@ -33,6 +33,7 @@ _CONV_CASES = [
     ("3x3 stride 2, 8 output channels", (8, 4, 3, 3), 2, 1, 1, 1),  # strided Z = Wᵀ·dy (phase-split dx)
     ("3x2 strided dilated grouped same", (6, 2, 3, 2), (2, 1), "same", (1, 2), 2),
     ("3x3 depthwise stride 2", (4, 1, 3, 3), 2, 1, 1, 4),
+    ("3x3 depthwise", (4, 1, 3, 3), 1, 1, 1, 4),  # "direct"'s depthwise weight gradient from the planes
 ]
 # (label, w shape (C, M // groups, KH, KW), stride, pad, output_pad, dilation, groups) on x of shape (2, 4, 6, 7)
 _CONVT_CASES = [

@@ -13,6 +13,7 @@ import reference as R
 from conftest import assert_close, uniform
 
 import fastconv
+
 # (x shape, w shape, kwargs), small; the comment names the kernel of strategy "direct" / "winograd"
 CASES = {
     "microkernel": ((2, 8, 9, 11), (9, 8, 3, 3), dict(pad=1)),  # direct: tiles; winograd: F(2x2, 3x3)
@@ -63,7 +64,8 @@ def test_bias_dtype_promotes():
     x, w, b, kw = _operands("microkernel", np.float32)
     y = fastconv.conv2d(x, w, **kw, bias=b.astype(np.float64))
     assert y.dtype == np.float64
-    np.testing.assert_array_equal(y, fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), **kw) + b[None, :, None, None])
+    y64 = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), **kw)
+    np.testing.assert_array_equal(y, y64 + b[None, :, None, None])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -11,7 +11,8 @@ the direct kernels choose by shape, each small enough to check against tests/ref
   and backward_data by output phase (including phases no tap reaches) or, with >= MR / 2 output
   channels per group, as Z = Wᵀ dy by the micro-kernel, each tap's row of Z added where it lands;
 * backward_filter's junk columns, which must not turn a NaN / Inf of the input that no tap
-  reaches into a NaN of ``dw``;
+  reaches into a NaN of ``dw``; depthwise weight gradients from the planes (rows as long as the
+  input's), where a non-finite dy on the border meets padding zeros as in the direct sum;
 * the register-blocked micro-kernel (forward, stride-1 backward_data): channel counts off its
   blocks, panels across rows, in-place reads with the last panel moved back, adjoint pads below
   zero, and non-finite pixels reaching only their own outputs;
@@ -241,6 +242,34 @@ def test_micro_kernel_nonfinite_input_reaches_only_its_outputs(case, value):
         dx_ref = R.conv2d_backward(dy, x, w, **kw)[0]
     dx = fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")[0]
     assert_same_nonfinite(dx, dx_ref, what="dx")
+
+
+def test_depthwise_filter_path_is_taken():
+    """Depthwise weight gradients with rows as long as the input's run from the planes; strided ones do not."""
+    x, w = np.ones((2, 3, 6, 7)), np.ones((3, 1, 3, 3))
+    dy1, dy2 = np.ones((2, 3, 6, 7)), np.ones((2, 3, 3, 4))
+    _, calls = launched_kernels(lambda: (direct.backward_filter(dy1, x, conv_geometry(x.shape, w.shape, 1, 1, 1, 3)[0],
+                                                                (3, 3)),
+                                         direct.backward_filter(dy2, x, conv_geometry(x.shape, w.shape, 2, 1, 1, 3)[0],
+                                                                (3, 3))))
+    assert calls == [direct._filter_depthwise_kernel, direct._backward_filter_kernel]
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", [(0, 1, 0, 0), (1, 2, 3, 8), (1, 0, 5, 4)])
+def test_depthwise_filter_nonfinite_dy_meets_padding_zeros(value, where):
+    """An infinite dy pixel on the border meets padding zeros (inf * 0 = NaN in the direct sum and the reference);
+    the flat dot products skip the padding, so such planes are summed over every output instead."""
+    xs, ws, kw = (2, 3, 6, 9), (6, 1, 3, 3), dict(pad=1, groups=3)
+    rng = np.random.default_rng(9)
+    x, w = uniform(rng, xs), uniform(rng, ws)
+    dy = uniform(rng, R.conv2d(x, w, **kw).shape)
+    dy[where] = value
+    with np.errstate(invalid="ignore"):
+        dw_ref = R.conv2d_backward(dy, x, w, **kw)[1]
+    dw_ = fastconv.conv2d_backward(dy, x, w, **kw, strategy="direct")[1]
+    assert np.isfinite(dw_ref).any() and not np.isfinite(dw_ref).all()
+    assert_same_nonfinite(dw_, dw_ref, what="dw")
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan])
