@@ -45,9 +45,9 @@ def main(calls: int = 20) -> None:
         w = rng.standard_normal(ws, dtype=np.float32)
         b = rng.standard_normal(ws[0], dtype=np.float32)
         dy = rng.standard_normal(fastconv.conv2d(x, w, s, p, d, bias=b).shape, dtype=np.float32)
-        calls = (("forward", partial(fastconv.conv2d, x, w, s, p, d, bias=b)),
-                 ("backward", partial(fastconv.conv2d_backward, dy, x, w, s, p, d)))
-        for label, fn in calls:
+        ops = (("forward", partial(fastconv.conv2d, x, w, s, p, d, bias=b)),
+               ("backward", partial(fastconv.conv2d_backward, dy, x, w, s, p, d)))
+        for label, fn in ops:
             fn()
             times, f0 = [], _faults()
             for _ in range(calls):
