@@ -40,3 +40,14 @@ def test_startup_scripts_run_in_a_fresh_process():
     res = bench._run_script(bench._WARM_SCRIPT, [], dict(os.environ), 600)
     assert "error" not in res, res
     assert res["total"] > 0 and res["import"] > 0
+
+
+def test_target_figures_show_which_side_of_the_threshold_they_are():
+    """A geomean of 1.246 against 1.25 is printed with the digits that show it is below (not as "1.25" next to
+    MISSED); figures far from the threshold keep two decimals."""
+    assert bench._fmt_against(1.2459, 1.25) == "1.246"
+    assert bench._fmt_against(1.2499996, 1.25) == "1.2499996"  # (six decimals still round up: the full value)
+    assert bench._fmt_against(1.25, 1.25) == "1.25"
+    assert bench._fmt_against(1.2512, 1.25) == "1.25"
+    assert bench._fmt_against(0.97, 1.25) == "0.97"
+    assert bench._fmt_against(3.999, 4.0) == "3.999"
