@@ -7,6 +7,7 @@ Each function is two hops from its kernel: ``conv2d`` -> ``Strategy.forward``
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -69,7 +70,7 @@ def _bias_grad(dy: np.ndarray, strat: Strategy) -> np.ndarray:
 
 def _macs(out_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> int:
     """Multiply-adds of a convolution producing ``out_shape`` (of the direct loop over ``w_shape[1:]``)."""
-    return int(np.prod(out_shape, dtype=np.int64)) * w_shape[1] * w_shape[2] * w_shape[3]
+    return math.prod(out_shape) * w_shape[1] * w_shape[2] * w_shape[3]
 
 
 def _exact_if_nonfinite(strat, w: np.ndarray):

@@ -276,3 +276,15 @@ def test_dilated_max_pool_window_entirely_in_padding():
     check(lambda: fastconv.max_pool2d(x, (1, 2), pad=(0, 1), dilation=2), ValueError, "dilation=2", "pad=(0, 1)")
     check(lambda: fastconv.max_pool2d_backward(np.zeros((1, 1, 1, 1)), x, (1, 2), pad=(0, 1), dilation=2),
           ValueError, "dilation=2", "pad=(0, 1)")
+
+
+@pytest.mark.parametrize("bad, exc", [(dict(stride=True), TypeError), (dict(stride=1.0), TypeError),
+                                      (dict(pad=(True, 1)), TypeError), (dict(groups=np.float64(1)), TypeError),
+                                      (dict(dilation=(1, 0)), ValueError)])
+def test_remembered_geometry_does_not_hide_an_error(bad, exc):
+    """conv_geometry remembers valid calls; an invalid argument equal to a remembered valid one (True == 1,
+    1.0 == 1) still raises, every time."""
+    good = dict(stride=1, pad=(1, 1), dilation=(1, 1), groups=1)
+    for _ in range(2):
+        fastconv.conv2d(X, W, **good)
+        check(lambda: fastconv.conv2d(X, W, **{**good, **bad}), exc, next(iter(bad)))
