@@ -9,7 +9,9 @@ Every error names the argument, the value received and what is accepted.
 
 from __future__ import annotations
 
+import functools
 import numbers
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -279,10 +281,32 @@ def _typed_key(value: Any) -> Any:
     return (type(value), value)
 
 
-_GEOMETRY_CACHE: dict[Any, tuple[ConvGeometry, tuple[int, int, int, int]]] = {}
-_GEOMETRY_CACHE_SIZE = 256
+def _remembered(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` (a pure validation) remembering the results of valid calls by the arguments' types and values
+    (:func:`_typed_key`; up to 256, then forgotten at once); invalid calls raise every time, and calls with
+    unhashable or keyword arguments are not remembered."""
+    cache: dict[Any, Any] = {}
+
+    @functools.wraps(func)
+    def remembered(*args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            return func(*args, **kwargs)
+        try:
+            key = _typed_key(args)
+        except TypeError:
+            return func(*args)
+        hit = cache.get(key)
+        if hit is None:
+            hit = func(*args)
+            if len(cache) >= 256:
+                cache.clear()
+            cache[key] = hit
+        return hit
+
+    return remembered
 
 
+@_remembered
 def conv_geometry(
     x_shape: tuple[int, ...],
     w_shape: tuple[int, ...],
@@ -293,32 +317,8 @@ def conv_geometry(
 ) -> tuple[ConvGeometry, tuple[int, int, int, int]]:
     """Validate a conv2d call; return its geometry and the output shape ``(N, M, OH, OW)``.
 
-    Valid calls are remembered (by shapes and the arguments' types and values): the validation took ~10-20 us,
-    a few percent of a small layer's call.  Invalid ones raise every time."""
-    try:
-        key: Any = _typed_key((tuple(x_shape), tuple(w_shape), stride, pad, dilation, groups))
-    except TypeError:
-        key = None
-    if key is not None:
-        hit = _GEOMETRY_CACHE.get(key)
-        if hit is not None:
-            return hit
-    result = _conv_geometry(x_shape, w_shape, stride, pad, dilation, groups)
-    if key is not None:
-        if len(_GEOMETRY_CACHE) >= _GEOMETRY_CACHE_SIZE:
-            _GEOMETRY_CACHE.clear()
-        _GEOMETRY_CACHE[key] = result
-    return result
-
-
-def _conv_geometry(
-    x_shape: tuple[int, ...],
-    w_shape: tuple[int, ...],
-    stride: Any,
-    pad: Any,
-    dilation: Any,
-    groups: Any,
-) -> tuple[ConvGeometry, tuple[int, int, int, int]]:
+    Valid calls are remembered (:func:`_remembered`): the validation took ~10-20 us, a few percent of a small
+    layer's call."""
     _check_spatial("x", x_shape, X_LAYOUT)
     if any(v == 0 for v in w_shape):
         raise ValueError(f"w must have non-zero sizes (M, C // groups, KH, KW); got shape {w_shape}")
