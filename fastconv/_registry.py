@@ -39,9 +39,9 @@ class Strategy:
     backward_filter: BackwardFilter
     summary: str
     #: Whether the primitives run on numba's thread pool (False: on fastconv's Python worker threads with
-    #: single-threaded BLAS, as the GEMM strategies).  The public functions then add the bias and sum ``db``
-    #: with NumPy on the calling thread: a numba parallel pass between such calls left numba's OpenMP threads
-    #: spinning while the next call's BLAS ran, ~1.5 ms per call on pw1x1_28 (measured, 2 cores).
+    #: single-threaded BLAS, as the GEMM strategies).  The public functions then sum ``db`` on those worker
+    #: threads and add conv_transpose2d's bias with NumPy: a numba parallel pass between such calls left numba's
+    #: OpenMP threads spinning while the next call's BLAS ran, ~1.5 ms per call on pw1x1_28 (measured, 2 cores).
     numba_pool: bool = True
 
 

@@ -51,8 +51,9 @@ def _bias(bias: Any, m: int) -> np.ndarray | None:
 
 
 def _add_bias(y: np.ndarray, b: np.ndarray, dtype: np.dtype, strat: Strategy) -> np.ndarray:
-    """``y + b`` per output channel, in place: in parallel (kernels/bias.py) after a strategy on numba's pool,
-    by NumPy after one on Python threads (see ``Strategy.numba_pool``); one addition per element either way."""
+    """``y + b`` per output channel, in place (conv_transpose2d's bias; conv2d's is added by the strategies): in
+    parallel (kernels/bias.py) after a strategy on numba's pool, by NumPy after one on Python threads (see
+    ``Strategy.numba_pool``); one addition per element either way."""
     bc = np.ascontiguousarray(b, dtype=dtype)
     if strat.numba_pool and y.dtype == dtype and y.flags.c_contiguous and y.flags.writeable:
         return add_bias(y, bc)
