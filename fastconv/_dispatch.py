@@ -211,6 +211,11 @@ DOTS_CALL = 5e-8
 WINO_GEMM_RATE = 80e9
 WINO_TRANSFORM = (15e-9, 8e-9)
 WINO_U_BW = (2.5e9, 50e9)
+#: "winograd" backward_filter: multiply-adds/s of one thread in its 16 products over the tiles, and seconds per
+#: (tile, channel) of its transforms (its channel-last copies cost bytes / MEM_BW).  Measured, 2 threads:
+#: res3x3_56 products 2.8 ms, transforms 1.2 ms, copies 1.1 ms; res3x3_14 3.0, 1.0 and 1.0 ms.
+WINO_FILTER_RATE = 70e9
+WINO_FILTER_TRANSFORM = 4e-9
 #: "direct": bytes/s of one thread streaming its operands from memory.
 DIRECT_BW = 16e9
 #: "direct" backward_data by Z = Wᵀ·dy: adds/s of one thread putting Z's rows into dx (or its phases).
@@ -309,12 +314,21 @@ def _estimate_prim(name: str, prim: str, cv, isz: int, threads: int) -> tuple[fl
 def _estimate_winograd(prim: str, cv, isz: int, threads: int) -> tuple[float, int, str]:
     """"winograd" (kernels/winograd.py): F(2x2, 3x3) where it applies, else "direct"'s code and estimate."""
     from .kernels import direct, winograd
-    from .kernels._ukernel import MR, columns, lanes4, lanes_narrow
+    from .kernels._ukernel import MR, columns, columns_lda, lanes4, lanes_narrow
 
+    useful = 2 * cv.n * cv.m * cv.cg * cv.kk * cv.p
+    if prim == "backward_filter" and winograd.applies(cv) and cv.n > 0:
+        nr = columns_lda(isz)
+        tiles = cv.n * winograd._tiles_of(cv.oh, cv.dh) * winograd._tiles_of(cv.ow, cv.dw)
+        cp, mp = -(-cv.c // nr) * nr, -(-cv.m // MR) * MR
+        hp, wp = winograd._padded(cv)
+        copies = (cv.n * hp * wp * cp + tiles * 4 * mp) * isz
+        t = (16 * tiles * cp * mp / (WINO_FILTER_RATE * 4 / isz) + WINO_FILTER_TRANSFORM * tiles * (cp + mp)
+             + copies / MEM_BW)
+        return t / max(1, min(threads, 16 * cp // nr)), useful, "Winograd F(2x2, 3x3) weight gradient"
     tiled = cv if prim == "forward" else direct._adjoint(cv) if prim == "backward_data" else None
     if tiled is None or not winograd.applies(tiled) or tiled.n == 0:
         return _estimate_direct(prim, cv, isz, threads)
-    useful = 2 * cv.n * cv.m * cv.cg * cv.kk * cv.p
     nr = columns(isz)
     tiles = tiled.n * winograd._tiles_of(tiled.oh, tiled.dh) * winograd._tiles_of(tiled.ow, tiled.dw)
     panels = -(-tiles // nr)

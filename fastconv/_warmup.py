@@ -115,7 +115,8 @@ def _steps(dtype: np.dtype) -> list[tuple[str, Callable[[], Any]]]:
         steps.append((f"{name} {strategy} 3x3 batch of {xb.shape[0]} conv2d_backward",
                       partial(conv.conv2d_backward, dyb, xb, wb, 1, 1, strategy=strategy)))
     # Enough input channels (KW * C = 48 columns) for "direct"'s backward_filter by GEMMs on channel-last copies
-    # ("winograd" runs the same code for its weight gradient).
+    # ("winograd" runs them when an operand holds NaN or infinity; its own weight gradient compiles in the "3x3"
+    # case above).
     xg, wg = arr(2, 16, 6, 7), arr(8, 16, 3, 3)
     dyg = arr(*conv_geometry(xg.shape, wg.shape, 1, 1, 1, 1)[1])
     steps.append((f"{name} direct 3x3 on 16 channels conv2d_backward",

@@ -3,15 +3,16 @@
 The general property tests run every strategy, "winograd" included, on random geometries (mostly
 shapes it hands to "direct"); these pin down its own paths:
 
-* F(2x2, 3x3) forward and stride-1 backward_data, with dilation 1 and 2 along the rows (vector transforms,
-  tile rows of at least one vector call, the last call moved back; quarter-width calls for rows of 7 tiles;
-  scalar transforms for shorter rows and other dilations),
+* F(2x2, 3x3) forward, stride-1 backward_data and backward_filter, with dilation 1 and 2 along the rows
+  (vector transforms, tile rows of at least one vector call, the last call moved back; quarter-width calls
+  for rows of 7 tiles; scalar transforms for shorter rows and other dilations),
   asymmetric pads, pads beyond the kernel's reach (backward_data's pads below zero), output
   channels off the micro-kernel's blocks, odd output sizes (tiles half outside), panels across
-  images and a last panel past the last image;
+  images and a last panel past the last image; for backward_filter, image blocks (a partial last one), tiles
+  in several micro-kernel chunks and channels across panels;
 * which kernel runs: Winograd where it applies, "direct" elsewhere;
-* NaN / infinity in the input: the call is recomputed by "direct", so they reach exactly the
-  outputs the reference says;
+* NaN / infinity in the input (and in ``dy`` for backward_filter): the call is recomputed by "direct", so
+  they reach exactly the outputs the reference says;
 * bit-identical results for 1 and 2 threads.
 """
 
@@ -50,6 +51,9 @@ CASES = {
     "dilated_wide_rows": ((2, 8, 14, 45), (9, 8, 3, 3), dict(pad=2, dilation=2)),
     "dilated_wide_asymmetric": ((1, 6, 9, 70), (12, 6, 3, 3), dict(pad=((1, 0), (3, 2)), dilation=(1, 2))),
     "one_pixel": ((1, 8, 1, 1), (4, 8, 3, 3), dict(pad=1)),
+    # backward_filter: 225 tiles per image, so blocks of 4 images and a last block of 1, chunks of 256 tiles, and
+    # 40 input channels: a second, partial panel of the micro-kernel's columns (two for float64)
+    "filter_blocks": ((5, 40, 30, 29), (12, 40, 3, 3), dict(pad=1)),
 }
 
 
@@ -77,7 +81,7 @@ def test_winograd_runs_where_it_applies_and_direct_elsewhere():
     assert winograd._forward_kernel in launched_kernels(lambda: fastconv.conv2d(x, w, pad=1, strategy="winograd"))[1]
     dy = np.ones((2, 8, 9, 9))
     _, bwd = launched_kernels(lambda: fastconv.conv2d_backward(dy, x, w, pad=1, strategy="winograd"))
-    assert bwd == [winograd._transform_weights_kernel, winograd._forward_kernel, direct._filter_gemm_kernel]
+    assert bwd == [winograd._transform_weights_kernel, winograd._forward_kernel, winograd._filter_kernel]
     for args, kw in [((np.ones((2, 8, 9, 9)), np.ones((8, 8, 5, 5))), {}),  # 5x5
                      ((np.ones((2, 8, 9, 9)), np.ones((8, 8, 3, 3))), dict(stride=2)),
                      ((np.ones((2, 8, 9, 9)), np.ones((8, 4, 3, 3))), dict(groups=2)),
@@ -102,8 +106,28 @@ def test_nonfinite_input_reaches_only_its_outputs(case, value):
     assert_same_nonfinite(y, y_ref, what="y")
 
 
+@pytest.mark.parametrize("where", ["x", "dy"])
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("case", ["same_wide_rows", "dilated_wide_rows"])
+def test_nonfinite_reaches_only_its_weight_gradients(case, value, where):
+    """A NaN / infinity in ``x`` or ``dy`` would spread through the transforms (an infinity in ``x`` lies in up to
+    four tiles' patches, whose sums of infinities of either sign give NaN): backward_filter falls back to "direct"."""
+    xs, ws, kw = CASES[case]
+    rng = np.random.default_rng(15)
+    x, w = uniform(rng, xs), uniform(rng, ws)
+    dy = uniform(rng, R.conv2d(x, w, **kw).shape)
+    (x if where == "x" else dy)[1, 3, 5, 6] = value
+    _, dw_ref, _ = R.conv2d_backward(dy, x, w, **kw)
+    (_, dw_, _), launched = launched_kernels(lambda: fastconv.conv2d_backward(dy, x, w, **kw, strategy="winograd"))
+    assert winograd._filter_kernel in launched and launched[-1] == direct._filter_gemm_kernel  # the fallback
+    fin = np.isfinite(dw_ref)
+    assert fin.any() and not fin.all()
+    assert_same_nonfinite(dw_, dw_ref, what="dw")
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-@pytest.mark.parametrize("case", ["same_wide_rows", "small_images", "dilated", "dilated_wide_rows", "rows_of_seven"])
+@pytest.mark.parametrize("case", ["same_wide_rows", "small_images", "dilated", "dilated_wide_rows", "rows_of_seven",
+                                  "filter_blocks"])
 def test_winograd_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     rng = np.random.default_rng(14)

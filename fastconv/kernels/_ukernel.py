@@ -89,14 +89,19 @@ def columns(itemsize: int) -> int:
     return NV * lanes(itemsize)
 
 
-def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0):
-    """LLVM IR builder of :func:`tile_taps` (``mr`` x ``nv`` vector accumulators; 0: ``MR`` / ``NV``)."""
+def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0, strided: bool = False):
+    """LLVM IR builder of :func:`tile_taps` (``mr`` x ``nv`` vector accumulators; 0: ``MR`` / ``NV``), or with
+    ``strided`` of :func:`tile_taps_lda`."""
     MR_, NV_ = mr or MR, nv or NV
     nr = NV_ * width
 
     def codegen(context, builder, signature, args):
-        ap, bp, base, offs, ct, kc, accumulate = args
-        tap, tbp, tbase, toffs, tct, tkc, tacc = signature.args
+        if strided:
+            ap, lda, bp, base, offs, ct, kc, accumulate = args
+            tap, tlda, tbp, tbase, toffs, tct, tkc, tacc = signature.args
+        else:
+            ap, bp, base, offs, ct, kc, accumulate = args
+            tap, tbp, tbase, toffs, tct, tkc, tacc = signature.args
         fty = context.get_value_type(tap.dtype)
         vty = ir.VectorType(fty, width)
         vptr = vty.as_pointer()
@@ -107,6 +112,7 @@ def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0):
         n = context.cast(builder, kc, tkc, types.int64)
         off = context.make_array(toffs)(context, builder, offs).data
         base_v = context.cast(builder, base, tbase, types.int64)
+        lda_v = context.cast(builder, lda, tlda, types.int64) if strided else None
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
                                              f"llvm.fma.v{width}{fty.intrinsic_name}")
         accs = [cgutils.alloca_once(builder, vty) for _ in range(MR_ * NV_)]
@@ -128,7 +134,7 @@ def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0):
             for v in range(NV_):
                 pv = builder.gep(b, [builder.add(start, ir.Constant(i64, v * width))])
                 cols.append(builder.load(builder.bitcast(pv, vptr), align=isz))
-            arow = builder.mul(k, ir.Constant(i64, MR_))
+            arow = builder.mul(k, lda_v if strided else ir.Constant(i64, MR_))
             for r in range(MR_):
                 w = builder.load(builder.gep(a, [builder.add(arow, ir.Constant(i64, r))]))
                 wv = builder.shuffle_vector(builder.insert_element(undef, w, ir.Constant(ir.IntType(32), 0)), undef,
@@ -165,6 +171,27 @@ def tile_taps(typingctx, ap, s, base, offs, ct, kc, accumulate):
     if isz is None or not isinstance(offs, types.Array):
         return None
     return types.void(ap, s, base, offs, ct, kc, accumulate), _codegen(lanes(isz), isz)
+
+
+#: Vectors of output columns per :func:`tile_taps_lda` call (two: its user, Winograd's weight gradient, has
+#: panels of input channels, and 64 of them fill two panels of 32 but only 2/3 of two panels of 48).
+NV_LDA = 2
+
+
+def columns_lda(itemsize: int) -> int:
+    """Output columns per :func:`tile_taps_lda` call."""
+    return NV_LDA * lanes(itemsize)
+
+
+@intrinsic
+def tile_taps_lda(typingctx, ap, lda, s, base, offs, ct, kc, accumulate):
+    """:func:`tile_taps` with row ``k`` of ``ap`` at ``ap[k*lda :]`` and ``NV_LDA`` vectors of columns:
+    ``ct[r*nr + j] (+)= sum_{k < kc} ap[k*lda + r] * s[base + offs[k] + j]``, ``nr = columns_lda(itemsize)``."""
+    isz = _float_arrays(ap, s, ct)
+    if isz is None or not isinstance(offs, types.Array):
+        return None
+    return (types.void(ap, lda, s, base, offs, ct, kc, accumulate),
+            _codegen(lanes(isz), isz, nv=NV_LDA, strided=True))
 
 
 #: Rows (of ``a``) and taps per :func:`tile_dots` call: ``DR * DT`` vector accumulators.  kernels/direct.py lays

@@ -24,13 +24,17 @@ against the float64 reference).  With a dilation ``d`` a tile is the outputs
   rows of few tiles) and four apart (dilation 2; half-width), scalar otherwise.
 * backward_data: ``dx`` of a stride-1 convolution is the forward of ``dy`` with the flipped kernel
   (:func:`.direct._adjoint`), so by the same kernel.
-* backward_filter, and every convolution Winograd does not apply to (kernel not 3x3, strides,
-  groups, fewer than 4 input or ``MR / 2`` output channels): "direct"'s primitives.
+* backward_filter: the adjoint of the forward in the transformed kernel, ``dw = Gᵀ dU G`` with
+  ``dU[pos] = sum over tiles of (A dyt Aᵀ)[pos] · V[pos]`` (:func:`_filter_kernel`): the 16 products are
+  GEMMs over the tiles, on channel-last copies of the input and ``dy``.
+* every convolution Winograd does not apply to (kernel not 3x3, strides, groups, fewer than 4 input or
+  ``MR / 2`` output channels): "direct"'s primitives.
 
 Non-finite inputs: a NaN or infinity in one patch pixel would reach outputs of its tile that the
 direct sum never lets it touch (``inf - inf``).  The input transform adds ``V * 0`` over every
-patch into a per-panel flag; when any flag is not zero the call is recomputed by "direct", so
-NaN and infinity propagate exactly as the direct sum (and PyTorch) does.  Non-finite weights go
+patch into a per-panel flag (backward_filter: ``V * 0`` and ``(A dyt Aᵀ) * 0`` per tile row); when
+any flag is not zero the call is recomputed by "direct", so NaN and infinity propagate exactly as
+the direct sum (and PyTorch) does.  Non-finite weights go
 to the exact loops before any strategy runs (:mod:`fastconv.conv`).
 """
 
@@ -48,6 +52,7 @@ from ._tiles import Conv, conv_of
 from ._ukernel import MR as _MR
 from ._ukernel import (
     columns,
+    columns_lda,
     input_tiles,
     input_tiles4,
     input_tiles_narrow,
@@ -58,6 +63,7 @@ from ._ukernel import (
     output_tiles4,
     output_tiles_narrow,
     tile_taps,
+    tile_taps_lda,
 )
 
 
@@ -73,6 +79,12 @@ def _tiles_of(out: int, d: int) -> int:
 
 def _tile_start(t: int, d: int) -> int:
     """First output row (column) of tile row (column) ``t``."""
+    return (t // d) * 2 * d + t % d
+
+
+@kernel
+def _start(t, d):
+    """:func:`_tile_start` in compiled code."""
     return (t // d) * 2 * d + t % d
 
 
@@ -475,6 +487,256 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
     return direct.backward_data(dy, w, geom, x_hw)
 
 
+@kernel
+def _g3t(a0, a1, a2, a3):
+    """Gᵀ·(a0, a1, a2, a3): (a0 + (a1 + a2) / 2, (a1 - a2) / 2, (a1 + a2) / 2 + a3), the adjoint of :func:`_g3`."""
+    return a0 + 0.5 * a1 + 0.5 * a2, 0.5 * a1 - 0.5 * a2, 0.5 * a1 + 0.5 * a2 + a3
+
+
+@parallel_kernel
+def _filter_kernel(dy, x, dh, dw, pt, pl, hp, wp, th_, tw_, nblk, kc, nr, flags):
+    """backward_filter by F(2x2, 3x3): ``dw[m, c] = Gᵀ dU G`` with ``dU[pos, m, c] = sum over tiles of
+    (A dyt Aᵀ)[pos] · (Bᵀ d B)[pos]`` (``dyt``: a tile's 2x2 block of ``dy``; ``d``: its 4x4 input patch), the
+    adjoint in ``U = G g Gᵀ`` of the forward's ``y = Aᵀ (U · V) A``: 16 multiply-adds per tile and channel pair
+    where the direct sum has 36.
+
+    Per block of ``nblk`` images: (1) the zero-padded input and ``dy`` copied channel-last (``xs`` with the
+    channels padded to whole panels of ``nr``, ``dys`` with the output channels padded to whole blocks of ``MR``);
+    (2) one task per tile row transforms its tiles, vectorised over the channels:
+    ``v[pos, panel, t, j] = (Bᵀ d B)[pos]`` of input channel ``panel * nr + j`` (the micro-kernel's contiguous
+    columns) and ``dt[pos, t, m] = (A dyt Aᵀ)[pos]`` (rows of its ``a`` operand, ``mp`` apart), and adds
+    ``v * 0`` and ``dt * 0`` into ``flags`` (not zero: NaN or infinity somewhere; the caller then runs
+    "direct"); (3) one task per (position, panel) sums its ``MR x nr`` blocks of ``dU`` over ``kc`` tiles per
+    micro-kernel call, each chunk's sum added to its own accumulators (as in :func:`.direct._filter_gemm_kernel`:
+    the chunks depend on the shapes only, so the result does not depend on the thread count).  Finally
+    ``Gᵀ dU G`` per (m, c), in float64.
+    """
+    n_, m_, oh_, ow_ = dy.shape
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    nmb = (m_ + _MR - 1) // _MR
+    mp = nmb * _MR
+    npan = (c_ + nr - 1) // nr
+    cp = npan * nr
+    tpi = th_ * tw_
+    tbk = nblk * tpi
+    ohp = _start(th_ - 1, dh) + dh + 1
+    owp = _start(tw_ - 1, dw) + dw + 1
+    rowx = wp * cp
+    rowd = owp * mp
+    sv = _stride(tbk * cp)
+    sd = _stride(tbk * mp)
+    tile = _MR * nr
+    zero = x.dtype.type(0)
+    xs = np.empty(nblk * hp * rowx, dtype=x.dtype)
+    dys = np.empty(nblk * ohp * rowd, dtype=x.dtype)
+    v = np.empty(16 * sv, dtype=x.dtype)
+    dt = np.empty(16 * sd, dtype=x.dtype)
+    acc = np.empty(16 * npan * nmb * tile, dtype=x.dtype)
+    offs = np.arange(kc) * nr
+    u = np.uint64
+    for n0 in range(0, n_, nblk):
+        nb = min(nblk, n_ - n0)
+        for t in prange(nb * hp + nb * ohp):  # the channel-last copies: input rows, then dy rows
+            if t < nb * hp:
+                ih = t % hp - pt
+                row = xs[t * rowx:(t + 1) * rowx]
+                if ih < 0 or ih >= h_:
+                    row[:] = zero
+                    continue
+                xn = x[n0 + t // hp]
+                q0, q1 = min(wp, max(0, pl)), min(wp, max(0, pl + w_))  # padded columns inside the input
+                row[:q0 * cp] = zero
+                row[q1 * cp:] = zero
+                for c in range(c_):  # (channel by channel: reading rows of the planes in order)
+                    for q in range(q0, q1):
+                        row[q * cp + c] = xn[c, ih, q - pl]
+                for q in range(q0, q1):
+                    row[q * cp + c_:(q + 1) * cp] = zero
+                continue
+            r = t - nb * hp
+            oy = r % ohp
+            row = dys[r * rowd:(r + 1) * rowd]
+            if oy >= oh_:
+                row[:] = zero
+                continue
+            dn = dy[n0 + r // ohp]
+            row[ow_ * mp:] = zero
+            for m in range(m_):
+                for q in range(ow_):
+                    row[q * mp + m] = dn[m, oy, q]
+            if m_ < mp:
+                for q in range(ow_):
+                    row[q * mp + m_:(q + 1) * mp] = zero
+        for t in prange(nb * th_):  # the transforms, one tile row per task
+            nl = t // th_
+            ta = t - nl * th_
+            oy = _start(ta, dh)
+            z = zero
+            for tb in range(tw_):
+                ox = _start(tb, dw)
+                tl = u((nl * th_ + ta) * tw_ + tb)
+                # V = Bᵀ d B, vectorised over the channels
+                b0 = u(((nl * hp + oy) * wp + ox) * cp)
+                r1, r2, r3 = u(dh * rowx), u(2 * dh * rowx), u(3 * dh * rowx)
+                k1, k2, k3 = u(dw * cp), u(2 * dw * cp), u(3 * dw * cp)
+                usv = u(sv)
+                for pn in range(npan):
+                    vo = (u(pn) * u(tbk) + tl) * u(nr)
+                    for c in range(nr):
+                        b = b0 + u(pn * nr + c)
+                        a0, a1, a2, a3 = xs[b], xs[b + k1], xs[b + k2], xs[b + k3]
+                        t00, t01, t02, t03 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
+                        a0, a1, a2, a3 = xs[b + r1], xs[b + r1 + k1], xs[b + r1 + k2], xs[b + r1 + k3]
+                        t10, t11, t12, t13 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
+                        a0, a1, a2, a3 = xs[b + r2], xs[b + r2 + k1], xs[b + r2 + k2], xs[b + r2 + k3]
+                        t20, t21, t22, t23 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
+                        a0, a1, a2, a3 = xs[b + r3], xs[b + r3 + k1], xs[b + r3 + k2], xs[b + r3 + k3]
+                        t30, t31, t32, t33 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
+                        v0, v1, v2, v3 = t00 - t20, t01 - t21, t02 - t22, t03 - t23
+                        v4, v5, v6, v7 = t10 + t20, t11 + t21, t12 + t22, t13 + t23
+                        v8, v9, v10, v11 = t20 - t10, t21 - t11, t22 - t12, t23 - t13
+                        v12, v13, v14, v15 = t10 - t30, t11 - t31, t12 - t32, t13 - t33
+                        e = vo + u(c)
+                        v[e] = v0
+                        v[e + usv] = v1
+                        v[e + u(2) * usv] = v2
+                        v[e + u(3) * usv] = v3
+                        v[e + u(4) * usv] = v4
+                        v[e + u(5) * usv] = v5
+                        v[e + u(6) * usv] = v6
+                        v[e + u(7) * usv] = v7
+                        v[e + u(8) * usv] = v8
+                        v[e + u(9) * usv] = v9
+                        v[e + u(10) * usv] = v10
+                        v[e + u(11) * usv] = v11
+                        v[e + u(12) * usv] = v12
+                        v[e + u(13) * usv] = v13
+                        v[e + u(14) * usv] = v14
+                        v[e + u(15) * usv] = v15
+                        z += (v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7 + v8 + v9 + v10 + v11 + v12 + v13 + v14
+                              + v15) * zero
+                # A dyt Aᵀ, vectorised over the output channels
+                d0 = u(((nl * ohp + oy) * owp + ox) * mp)
+                dr, dc = u(dh * rowd), u(dw * mp)
+                usd = u(sd)
+                eo = tl * u(mp)
+                for m in range(mp):
+                    q = d0 + u(m)
+                    p00, p01, p10, p11 = dys[q], dys[q + dc], dys[q + dr], dys[q + dr + dc]
+                    s0, s1 = p00 + p10, p00 - p10  # rows of A dyt: p0., p0. + p1., p0. - p1., -p1.
+                    s2, s3 = p01 + p11, p01 - p11
+                    w0, w1, w2, w3 = p00, p00 + p01, p00 - p01, -p01
+                    w4, w5, w6, w7 = s0, s0 + s2, s0 - s2, -s2
+                    w8, w9, w10, w11 = s1, s1 + s3, s1 - s3, -s3
+                    w12, w13, w14, w15 = -p10, -p10 - p11, p11 - p10, p11
+                    e = eo + u(m)
+                    dt[e] = w0
+                    dt[e + usd] = w1
+                    dt[e + u(2) * usd] = w2
+                    dt[e + u(3) * usd] = w3
+                    dt[e + u(4) * usd] = w4
+                    dt[e + u(5) * usd] = w5
+                    dt[e + u(6) * usd] = w6
+                    dt[e + u(7) * usd] = w7
+                    dt[e + u(8) * usd] = w8
+                    dt[e + u(9) * usd] = w9
+                    dt[e + u(10) * usd] = w10
+                    dt[e + u(11) * usd] = w11
+                    dt[e + u(12) * usd] = w12
+                    dt[e + u(13) * usd] = w13
+                    dt[e + u(14) * usd] = w14
+                    dt[e + u(15) * usd] = w15
+                    z += (w0 + w1 + w2 + w3 + w4 + w5 + w6 + w7 + w8 + w9 + w10 + w11 + w12 + w13 + w14 + w15) * zero
+            flags[n0 * th_ + t] = z
+        tk = nb * tpi
+        for ip in prange(16 * npan):  # the 16 products, one task per (position, panel)
+            pos = ip // npan
+            base = pos * sv + ip % npan * tbk * nr
+            ct = np.empty(tile, dtype=x.dtype)
+            for k0 in range(0, tk, kc):
+                kn = min(kc, tk - k0)
+                for b in range(nmb):
+                    a = acc[(ip * nmb + b) * tile:(ip * nmb + b + 1) * tile]
+                    ab = dt[pos * sd + k0 * mp + b * _MR:]
+                    if n0 == 0 and k0 == 0:
+                        tile_taps_lda(ab, mp, v, base + k0 * nr, offs, a, kn, False)
+                    else:
+                        tile_taps_lda(ab, mp, v, base + k0 * nr, offs, ct, kn, False)
+                        for e in range(tile):
+                            a[e] += ct[e]
+    out = np.empty((m_, c_, 3, 3), dtype=x.dtype)
+    for m in prange(m_):
+        b = m // _MR
+        r = m - b * _MR
+        for c in range(c_):
+            q0 = ((c // nr) * nmb + b) * tile + r * nr + c % nr
+            st = npan * nmb * tile
+            f = np.float64
+            z0 = _g3t(f(acc[q0]), f(acc[q0 + st]), f(acc[q0 + 2 * st]), f(acc[q0 + 3 * st]))
+            z1 = _g3t(f(acc[q0 + 4 * st]), f(acc[q0 + 5 * st]), f(acc[q0 + 6 * st]), f(acc[q0 + 7 * st]))
+            z2 = _g3t(f(acc[q0 + 8 * st]), f(acc[q0 + 9 * st]), f(acc[q0 + 10 * st]), f(acc[q0 + 11 * st]))
+            z3 = _g3t(f(acc[q0 + 12 * st]), f(acc[q0 + 13 * st]), f(acc[q0 + 14 * st]), f(acc[q0 + 15 * st]))
+            for j in range(3):
+                g0, g1, g2 = _g3t(z0[j], z1[j], z2[j], z3[j])
+                out[m, c, 0, j] = g0
+                out[m, c, 1, j] = g1
+                out[m, c, 2, j] = g2
+    return out
+
+
+#: Tiles per image block of :func:`_filter_kernel` (at least one image): its scratch does not grow with the batch.
+_FILTER_TILES = 1024
+#: Tiles per micro-kernel call of :func:`_filter_kernel`.
+_FILTER_KC = 256
+
+
+def _filter_plan(cv: Conv) -> int:
+    """Images per block of :func:`_filter_kernel`."""
+    return max(1, min(cv.n, _FILTER_TILES // (_tiles_of(cv.oh, cv.dh) * _tiles_of(cv.ow, cv.dw))))
+
+
+def _filter_bound(cv: Conv, isz: int) -> int:
+    """Scratch bytes of :func:`_filter_kernel` (an upper bound): its copies, transforms, accumulators, tile offsets
+    and flags, and each task's chunk sum."""
+    hp, wp = _padded(cv)
+    th, tw = _tiles_of(cv.oh, cv.dh), _tiles_of(cv.ow, cv.dw)
+    nblk = _filter_plan(cv)
+    nr = columns_lda(isz)
+    mp = -(-cv.m // _MR) * _MR
+    npan = -(-cv.c // nr)
+    cp = npan * nr
+    ohp = _tile_start(th - 1, cv.dh) + cv.dh + 1
+    owp = _tile_start(tw - 1, cv.dw) + cv.dw + 1
+    tbk = nblk * th * tw
+    elems = (nblk * hp * wp * cp + nblk * ohp * owp * mp + 16 * (tbk * cp + 32) + 16 * (tbk * mp + 32)
+             + 16 * npan * mp * nr)
+    return (elems + cv.n * th) * isz + _FILTER_KC * 8 + direct._per_tasks(16 * npan, _MR * nr, isz)
+
+
+def _backward_filter(dy: np.ndarray, x: np.ndarray, cv: Conv) -> np.ndarray | None:
+    """:func:`_filter_kernel`'s weight gradient, or None when ``x`` or ``dy`` holds NaN or infinity."""
+    hp, wp = _padded(cv)
+    th, tw = _tiles_of(cv.oh, cv.dh), _tiles_of(cv.ow, cv.dw)
+    nblk = _filter_plan(cv)
+    flags = np.zeros(cv.n * th, dtype=x.dtype)
+    dwt = direct._run(_filter_kernel, dy, x, cv.dh, cv.dw, cv.pt, cv.pl, hp, wp, th, tw, nblk, _FILTER_KC,
+                      columns_lda(x.dtype.itemsize), flags)
+    return dwt if not flags.any() else None
+
+
+def backward_filter(dy: np.ndarray, x: np.ndarray, geom: ConvGeometry, k_hw: Pair) -> np.ndarray:
+    """The gradient of :func:`forward` in ``w``: F(2x2, 3x3) where it applies, else "direct"'s."""
+    n, m, oh, ow = dy.shape
+    cv = conv_of(x.shape, (m, x.shape[1] // geom.groups, *k_hw), geom, (oh, ow))
+    if cv.n > 0 and cv.oh > 0 and cv.ow > 0 and applies(cv):
+        isz = dy.dtype.itemsize
+        direct._fits("backward_filter", backward_filter_bound(cv, isz), "winograd")
+        dwt = _backward_filter(dy, x, cv)
+        if dwt is not None:
+            return dwt
+    return direct.backward_filter(dy, x, geom, k_hw)
+
+
 def forward_bound(cv: Conv, isz: int) -> int:
     """Upper bound on the scratch bytes :func:`forward` allocates for ``cv`` (the larger of its own and "direct"'s,
     which runs instead when the input holds NaN or infinity)."""
@@ -511,13 +773,15 @@ def backward_data_scratch(cv: Conv, isz: int) -> int | None:
 
 
 def backward_filter_bound(cv: Conv, isz: int) -> int:
-    """Upper bound on the scratch bytes of backward_filter: "direct"'s (it runs "direct"'s)."""
-    return direct.backward_filter_bound(cv, isz)
+    """Upper bound on the scratch bytes :func:`backward_filter` allocates for ``cv`` (the larger of its own and
+    "direct"'s, which runs instead when an operand holds NaN or infinity)."""
+    own = _filter_bound(cv, isz) if applies(cv) and cv.n > 0 and cv.oh > 0 and cv.ow > 0 else 0
+    return max(own, direct.backward_filter_bound(cv, isz))
 
 
 def backward_filter_scratch(cv: Conv, isz: int) -> int | None:
-    """Scratch bytes of backward_filter: "direct"'s (it runs "direct"'s)."""
-    return direct.backward_filter_scratch(cv, isz)
+    """Scratch bytes (an upper bound) :func:`backward_filter` allocates for ``cv`` now (None: does not fit)."""
+    return direct._within(backward_filter_bound(cv, isz))
 
 
 WINOGRAD = register(
@@ -525,7 +789,8 @@ WINOGRAD = register(
         name="winograd",
         forward=forward,
         backward_data=backward_data,
-        backward_filter=direct.backward_filter,
-        summary="3x3 stride 1: Winograd F(2x2, 3x3), 16 products per tile by the micro-kernel; else direct",
+        backward_filter=backward_filter,
+        summary="3x3 stride 1: Winograd F(2x2, 3x3), 16 products per tile by the micro-kernel (weight gradient too); "
+                "else direct",
     )
 )
