@@ -21,6 +21,13 @@ import numba
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc", "afn"})
 
 NJIT_OPTIONS = {"cache": True, "fastmath": set(FASTMATH), "nogil": True, "error_model": "numpy"}
+#: numba's parallel options for the prange kernels: only their explicit ``prange`` loops run in parallel.  With
+#: ``parallel=True`` numba also turns NumPy calls (``np.zeros``), array expressions and slice assignments inside
+#: a kernel into parallel loops, each one more gufunc to compile (~0.3 s each; the cold compile of every kernel has
+#: a budget, docs/benchmarks.md).  Array expressions must then be written as loops (numba cannot lower them
+#: inside a prange body without its "numpy" option).
+PARALLEL_OPTIONS = {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
+                    "setitem": False, "numpy": False, "stencil": False, "fusion": False}
 
 
 def kernel(func):
@@ -45,7 +52,7 @@ def parallel_kernel(func):
 
     The numba dispatcher is the guard's ``dispatcher`` (and ``__wrapped__``).
     """
-    return _guarded(numba.njit(parallel=True, **NJIT_OPTIONS)(func))
+    return _guarded(numba.njit(parallel=dict(PARALLEL_OPTIONS), **NJIT_OPTIONS)(func))
 
 
 _launch_lock = threading.RLock()

@@ -877,7 +877,9 @@ def _data_gemm_kernel(dy, ap, groups, cg, h_, w_, kh_, kw_, sh, sw, dh, dw, pt, 
                 d = src[mm * ps + i * rl:]
                 for q in range(ow_):
                     d[q] = sr[q]
-        offs = np.arange(mg) * ps
+        offs = np.empty(mg, dtype=np.int64)
+        for k in range(mg):
+            offs[k] = k * ps
         ct = np.empty(_MR * nr, dtype=dy.dtype)
         dxf = dx[n].reshape(c_ * plane)
         if into_dx:

@@ -371,7 +371,9 @@ def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vln, vl4, g
         ng = min(group, npan - p0)
         v = np.empty((ng, 16 * sv), dtype=xp.dtype)
         mb = np.empty((ng, 16 * s), dtype=xp.dtype)
-        offs = np.arange(c_) * nr
+        offs = np.empty(c_, dtype=np.int64)
+        for k in range(c_):
+            offs[k] = k * nr
         seg = np.empty((ng, nr, 3), dtype=np.int64)  # (first tile, tiles, patch offset in channel 0)
         out = np.empty((ng, nr, 4), dtype=np.int64)  # (first output in channel 0, tiles with both columns, row
         nseg = np.empty(ng, dtype=np.int64)  #          below, tiles with a left column)
@@ -532,41 +534,46 @@ def _filter_kernel(dy, x, dh, dw, pt, pl, hp, wp, th_, tw_, nblk, kc, nr, flags)
     v = np.empty(16 * sv, dtype=x.dtype)
     dt = np.empty(16 * sd, dtype=x.dtype)
     acc = np.empty(16 * npan * nmb * tile, dtype=x.dtype)
-    offs = np.arange(kc) * nr
+    offs = np.empty(kc, dtype=np.int64)
+    for k in range(kc):
+        offs[k] = k * nr
     u = np.uint64
     for n0 in range(0, n_, nblk):
         nb = min(nblk, n_ - n0)
-        for t in prange(nb * hp + nb * ohp):  # the channel-last copies: input rows, then dy rows
+        for t in prange(nb * hp + nb * ohp):  # the channel-last copies: input rows, then dy rows (plain loops)
             if t < nb * hp:
                 ih = t % hp - pt
-                row = xs[t * rowx:(t + 1) * rowx]
-                if ih < 0 or ih >= h_:
-                    row[:] = zero
-                    continue
-                xn = x[n0 + t // hp]
+                r0 = t * rowx
                 q0, q1 = min(wp, max(0, pl)), min(wp, max(0, pl + w_))  # padded columns inside the input
-                row[:q0 * cp] = zero
-                row[q1 * cp:] = zero
-                for c in range(c_):  # (channel by channel: reading rows of the planes in order)
+                if ih < 0 or ih >= h_:
+                    q0 = q1 = 0
+                for e in range(r0, r0 + q0 * cp):
+                    xs[e] = zero
+                for e in range(r0 + q1 * cp, r0 + rowx):
+                    xs[e] = zero
+                if q0 < q1:
+                    xn = x[n0 + t // hp]
+                    for c in range(c_):  # (channel by channel: reading rows of the planes in order)
+                        for q in range(q0, q1):
+                            xs[r0 + q * cp + c] = xn[c, ih, q - pl]
                     for q in range(q0, q1):
-                        row[q * cp + c] = xn[c, ih, q - pl]
-                for q in range(q0, q1):
-                    row[q * cp + c_:(q + 1) * cp] = zero
-                continue
-            r = t - nb * hp
-            oy = r % ohp
-            row = dys[r * rowd:(r + 1) * rowd]
-            if oy >= oh_:
-                row[:] = zero
-                continue
-            dn = dy[n0 + r // ohp]
-            row[ow_ * mp:] = zero
-            for m in range(m_):
-                for q in range(ow_):
-                    row[q * mp + m] = dn[m, oy, q]
-            if m_ < mp:
-                for q in range(ow_):
-                    row[q * mp + m_:(q + 1) * mp] = zero
+                        for e in range(r0 + q * cp + c_, r0 + (q + 1) * cp):
+                            xs[e] = zero
+            else:
+                r = t - nb * hp
+                oy = r % ohp
+                r0 = r * rowd
+                q1 = ow_ if oy < oh_ else 0
+                for e in range(r0 + q1 * mp, r0 + rowd):
+                    dys[e] = zero
+                if q1 > 0:
+                    dn = dy[n0 + r // ohp]
+                    for m in range(m_):
+                        for q in range(q1):
+                            dys[r0 + q * mp + m] = dn[m, oy, q]
+                    for q in range(q1):
+                        for e in range(r0 + q * mp + m_, r0 + (q + 1) * mp):
+                            dys[e] = zero
         for t in prange(nb * th_):  # the transforms, one tile row per task
             nl = t // th_
             ta = t - nl * th_
