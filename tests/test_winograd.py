@@ -51,9 +51,11 @@ CASES = {
     "dilated_wide_rows": ((2, 8, 14, 45), (9, 8, 3, 3), dict(pad=2, dilation=2)),
     "dilated_wide_asymmetric": ((1, 6, 9, 70), (12, 6, 3, 3), dict(pad=((1, 0), (3, 2)), dilation=(1, 2))),
     "one_pixel": ((1, 8, 1, 1), (4, 8, 3, 3), dict(pad=1)),
-    # backward_filter: 225 tiles per image, so blocks of 4 images and a last block of 1, chunks of 256 tiles, and
-    # 40 input channels: a second, partial panel of the micro-kernel's columns (two for float64)
-    "filter_blocks": ((5, 40, 30, 29), (12, 40, 3, 3), dict(pad=1)),
+    # backward_filter (blocks of about 256 tiles, micro-kernel chunks of 256 tiles): 110 tiles per image, so blocks
+    # of 2 images and a last block of 1, and 40 input channels: a second, partial panel of the micro-kernel's
+    # columns (two for float64); then 360 tiles per image, so two chunks per block
+    "filter_blocks": ((5, 40, 20, 21), (12, 40, 3, 3), dict(pad=1)),
+    "filter_chunks": ((2, 8, 36, 40), (9, 8, 3, 3), dict(pad=1)),
 }
 
 
@@ -127,7 +129,7 @@ def test_nonfinite_reaches_only_its_weight_gradients(case, value, where):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
 @pytest.mark.parametrize("case", ["same_wide_rows", "small_images", "dilated", "dilated_wide_rows", "rows_of_seven",
-                                  "filter_blocks"])
+                                  "filter_blocks", "filter_chunks"])
 def test_winograd_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     rng = np.random.default_rng(14)
