@@ -78,6 +78,24 @@ def test_winograd_transposed_agrees_with_reference(case):
                  k=conv_reduction(ws, y_ref.shape, xs) * 4, what="y")
 
 
+@pytest.mark.parametrize("case", ["same_wide_rows", "dilated", "filter_blocks"])
+def test_winograd_transposed_backward_agrees_with_reference(case):
+    """conv_transpose2d's weight gradient is conv2d's backward_filter with the roles of ``x`` and ``dy`` swapped:
+    the Winograd weight gradient with the transposed convolution's ``dy`` as its input."""
+    xs, ws, kw = CASES[case]
+    rng = np.random.default_rng(16)
+    x = uniform(rng, (xs[0], ws[0], 9, 11))  # conv_transpose2d's input has conv2d's output channels
+    w = uniform(rng, ws)
+    dy = uniform(rng, R.conv_transpose2d(x, w, **kw).shape)
+    dx_ref, dw_ref, _ = R.conv_transpose2d_backward(dy, x, w, **kw)
+    (dx, dw_, _), launched = launched_kernels(
+        lambda: fastconv.conv_transpose2d_backward(dy, x, w, **kw, strategy="winograd"))
+    assert winograd._filter_kernel in launched
+    k = conv_reduction(ws, x.shape, dy.shape)
+    assert_close(dx, dx_ref, np.float64, k=k, what="dx")
+    assert_close(dw_, dw_ref, np.float64, k=k, what="dw")
+
+
 def test_winograd_runs_where_it_applies_and_direct_elsewhere():
     x, w = np.ones((2, 8, 9, 9)), np.ones((8, 8, 3, 3))
     assert winograd._forward_kernel in launched_kernels(lambda: fastconv.conv2d(x, w, pad=1, strategy="winograd"))[1]
