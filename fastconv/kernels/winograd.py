@@ -77,14 +77,9 @@ def _tiles_of(out: int, d: int) -> int:
     return -(-out // (2 * d)) * d
 
 
-def _tile_start(t: int, d: int) -> int:
-    """First output row (column) of tile row (column) ``t``."""
-    return (t // d) * 2 * d + t % d
-
-
 @kernel
-def _start(t, d):
-    """:func:`_tile_start` in compiled code."""
+def _tile_start(t, d):
+    """First output row (column) of tile row (column) ``t`` (a kernel: the compiled code uses it too)."""
     return (t // d) * 2 * d + t % d
 
 
@@ -180,61 +175,51 @@ def _stride(elems):
 
 
 @kernel
+def _patch_bt(src, b, r1, r2, r3, k1, k2, k3):
+    """``Bᵀ d B`` of the 4x4 patch ``d`` at ``src[b]`` (rows ``r1, r2, r3``, columns ``k1, k2, k3`` after its first
+    element), position ``4 i + k`` at index ``4 i + k``: each row ``(d0 - d2, d1 + d2, d2 - d1, d1 - d3)``, then
+    the same down the columns."""
+    a0, a1, a2, a3 = src[b], src[b + k1], src[b + k2], src[b + k3]
+    t00, t01, t02, t03 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
+    a0, a1, a2, a3 = src[b + r1], src[b + r1 + k1], src[b + r1 + k2], src[b + r1 + k3]
+    t10, t11, t12, t13 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
+    a0, a1, a2, a3 = src[b + r2], src[b + r2 + k1], src[b + r2 + k2], src[b + r2 + k3]
+    t20, t21, t22, t23 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
+    a0, a1, a2, a3 = src[b + r3], src[b + r3 + k1], src[b + r3 + k2], src[b + r3 + k3]
+    t30, t31, t32, t33 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
+    return (t00 - t20, t01 - t21, t02 - t22, t03 - t23, t10 + t20, t11 + t21, t12 + t22, t13 + t23,
+            t20 - t10, t21 - t11, t22 - t12, t23 - t13, t10 - t30, t11 - t31, t12 - t32, t13 - t33)
+
+
+@kernel
+def _store16(dst, e, s, w):
+    """``dst[e + i * s] = w[i]`` for the 16 positions (``e``, ``s`` unsigned)."""
+    u = np.uint64
+    dst[e] = w[0]
+    dst[e + s] = w[1]
+    dst[e + u(2) * s] = w[2]
+    dst[e + u(3) * s] = w[3]
+    dst[e + u(4) * s] = w[4]
+    dst[e + u(5) * s] = w[5]
+    dst[e + u(6) * s] = w[6]
+    dst[e + u(7) * s] = w[7]
+    dst[e + u(8) * s] = w[8]
+    dst[e + u(9) * s] = w[9]
+    dst[e + u(10) * s] = w[10]
+    dst[e + u(11) * s] = w[11]
+    dst[e + u(12) * s] = w[12]
+    dst[e + u(13) * s] = w[13]
+    dst[e + u(14) * s] = w[14]
+    dst[e + u(15) * s] = w[15]
+
+
+@kernel
 def _transform_run(dst, src, cnt, us, usv, r1, r2, r3, k1, k2, k3):
     """One segment's tiles of one channel (see :func:`_input_transform`); patches ``us`` elements apart."""
     u = np.uint64
     for j in range(cnt):
         uj = u(j)
-        b = us * uj
-        # rows of the patch, transformed along the columns: (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-        a0 = src[b]
-        a1 = src[b + k1]
-        a2 = src[b + k2]
-        a3 = src[b + k3]
-        t00 = a0 - a2
-        t01 = a1 + a2
-        t02 = a2 - a1
-        t03 = a1 - a3
-        a0 = src[b + r1]
-        a1 = src[b + r1 + k1]
-        a2 = src[b + r1 + k2]
-        a3 = src[b + r1 + k3]
-        t10 = a0 - a2
-        t11 = a1 + a2
-        t12 = a2 - a1
-        t13 = a1 - a3
-        a0 = src[b + r2]
-        a1 = src[b + r2 + k1]
-        a2 = src[b + r2 + k2]
-        a3 = src[b + r2 + k3]
-        t20 = a0 - a2
-        t21 = a1 + a2
-        t22 = a2 - a1
-        t23 = a1 - a3
-        a0 = src[b + r3]
-        a1 = src[b + r3 + k1]
-        a2 = src[b + r3 + k2]
-        a3 = src[b + r3 + k3]
-        t30 = a0 - a2
-        t31 = a1 + a2
-        t32 = a2 - a1
-        t33 = a1 - a3
-        dst[uj] = t00 - t20
-        dst[uj + usv] = t01 - t21
-        dst[uj + u(2) * usv] = t02 - t22
-        dst[uj + u(3) * usv] = t03 - t23
-        dst[uj + u(4) * usv] = t10 + t20
-        dst[uj + u(5) * usv] = t11 + t21
-        dst[uj + u(6) * usv] = t12 + t22
-        dst[uj + u(7) * usv] = t13 + t23
-        dst[uj + u(8) * usv] = t20 - t10
-        dst[uj + u(9) * usv] = t21 - t11
-        dst[uj + u(10) * usv] = t22 - t12
-        dst[uj + u(11) * usv] = t23 - t13
-        dst[uj + u(12) * usv] = t10 - t30
-        dst[uj + u(13) * usv] = t11 - t31
-        dst[uj + u(14) * usv] = t12 - t32
-        dst[uj + u(15) * usv] = t13 - t33
+        _store16(dst, uj, usv, _patch_bt(src, us * uj, r1, r2, r3, k1, k2, k3))
 
 
 @kernel
@@ -324,7 +309,7 @@ def _segments(p, seg, out, total, nr, per_img, tw_, cnt_, c_, m_, plane, wp, hw,
         phase = tb // cnt_
         idx = tb - phase * cnt_
         cnt = min(cnt_ - idx, nr - j, total - gt)
-        oy = (ta // dh) * 2 * dh + ta % dh
+        oy = _tile_start(ta, dh)
         ox = idx * step + phase
         seg[nseg, 0] = j
         seg[nseg, 1] = cnt
@@ -521,8 +506,8 @@ def _filter_kernel(dy, x, dh, dw, pt, pl, hp, wp, th_, tw_, nblk, kc, nr, flags)
     cp = npan * nr
     tpi = th_ * tw_
     tbk = nblk * tpi
-    ohp = _start(th_ - 1, dh) + dh + 1
-    owp = _start(tw_ - 1, dw) + dw + 1
+    ohp = _tile_start(th_ - 1, dh) + dh + 1
+    owp = _tile_start(tw_ - 1, dw) + dw + 1
     rowx = wp * cp
     rowd = owp * mp
     sv = _stride(tbk * cp)
@@ -577,10 +562,10 @@ def _filter_kernel(dy, x, dh, dw, pt, pl, hp, wp, th_, tw_, nblk, kc, nr, flags)
         for t in prange(nb * th_):  # the transforms, one tile row per task
             nl = t // th_
             ta = t - nl * th_
-            oy = _start(ta, dh)
+            oy = _tile_start(ta, dh)
             z = zero
             for tb in range(tw_):
-                ox = _start(tb, dw)
+                ox = _tile_start(tb, dw)
                 tl = u((nl * th_ + ta) * tw_ + tb)
                 # V = Bᵀ d B, vectorised over the channels
                 b0 = u(((nl * hp + oy) * wp + ox) * cp)
@@ -591,37 +576,10 @@ def _filter_kernel(dy, x, dh, dw, pt, pl, hp, wp, th_, tw_, nblk, kc, nr, flags)
                     vo = (u(pn) * u(tbk) + tl) * u(nr)
                     for c in range(nr):
                         b = b0 + u(pn * nr + c)
-                        a0, a1, a2, a3 = xs[b], xs[b + k1], xs[b + k2], xs[b + k3]
-                        t00, t01, t02, t03 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
-                        a0, a1, a2, a3 = xs[b + r1], xs[b + r1 + k1], xs[b + r1 + k2], xs[b + r1 + k3]
-                        t10, t11, t12, t13 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
-                        a0, a1, a2, a3 = xs[b + r2], xs[b + r2 + k1], xs[b + r2 + k2], xs[b + r2 + k3]
-                        t20, t21, t22, t23 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
-                        a0, a1, a2, a3 = xs[b + r3], xs[b + r3 + k1], xs[b + r3 + k2], xs[b + r3 + k3]
-                        t30, t31, t32, t33 = a0 - a2, a1 + a2, a2 - a1, a1 - a3
-                        v0, v1, v2, v3 = t00 - t20, t01 - t21, t02 - t22, t03 - t23
-                        v4, v5, v6, v7 = t10 + t20, t11 + t21, t12 + t22, t13 + t23
-                        v8, v9, v10, v11 = t20 - t10, t21 - t11, t22 - t12, t23 - t13
-                        v12, v13, v14, v15 = t10 - t30, t11 - t31, t12 - t32, t13 - t33
-                        e = vo + u(c)
-                        v[e] = v0
-                        v[e + usv] = v1
-                        v[e + u(2) * usv] = v2
-                        v[e + u(3) * usv] = v3
-                        v[e + u(4) * usv] = v4
-                        v[e + u(5) * usv] = v5
-                        v[e + u(6) * usv] = v6
-                        v[e + u(7) * usv] = v7
-                        v[e + u(8) * usv] = v8
-                        v[e + u(9) * usv] = v9
-                        v[e + u(10) * usv] = v10
-                        v[e + u(11) * usv] = v11
-                        v[e + u(12) * usv] = v12
-                        v[e + u(13) * usv] = v13
-                        v[e + u(14) * usv] = v14
-                        v[e + u(15) * usv] = v15
-                        z += (v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7 + v8 + v9 + v10 + v11 + v12 + v13 + v14
-                              + v15) * zero
+                        w = _patch_bt(xs, b, r1, r2, r3, k1, k2, k3)
+                        _store16(v, vo + u(c), usv, w)
+                        z += (w[0] + w[1] + w[2] + w[3] + w[4] + w[5] + w[6] + w[7] + w[8] + w[9] + w[10] + w[11]
+                              + w[12] + w[13] + w[14] + w[15]) * zero
                 # A dyt Aᵀ, vectorised over the output channels
                 d0 = u(((nl * ohp + oy) * owp + ox) * mp)
                 dr, dc = u(dh * rowd), u(dw * mp)
@@ -636,23 +594,7 @@ def _filter_kernel(dy, x, dh, dw, pt, pl, hp, wp, th_, tw_, nblk, kc, nr, flags)
                     w4, w5, w6, w7 = s0, s0 + s2, s0 - s2, -s2
                     w8, w9, w10, w11 = s1, s1 + s3, s1 - s3, -s3
                     w12, w13, w14, w15 = -p10, -p10 - p11, p11 - p10, p11
-                    e = eo + u(m)
-                    dt[e] = w0
-                    dt[e + usd] = w1
-                    dt[e + u(2) * usd] = w2
-                    dt[e + u(3) * usd] = w3
-                    dt[e + u(4) * usd] = w4
-                    dt[e + u(5) * usd] = w5
-                    dt[e + u(6) * usd] = w6
-                    dt[e + u(7) * usd] = w7
-                    dt[e + u(8) * usd] = w8
-                    dt[e + u(9) * usd] = w9
-                    dt[e + u(10) * usd] = w10
-                    dt[e + u(11) * usd] = w11
-                    dt[e + u(12) * usd] = w12
-                    dt[e + u(13) * usd] = w13
-                    dt[e + u(14) * usd] = w14
-                    dt[e + u(15) * usd] = w15
+                    _store16(dt, eo + u(m), usd, (w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15))
                     z += (w0 + w1 + w2 + w3 + w4 + w5 + w6 + w7 + w8 + w9 + w10 + w11 + w12 + w13 + w14 + w15) * zero
             flags[n0 * th_ + t] = z
         tk = nb * tpi
