@@ -1182,10 +1182,9 @@ def _filter_gemm_kernel(dy, x, sh, sw, dh, dw, pt, pl, kh_, kw_, hp, wq, nblk, k
                 kn = min(kc, pb - k0)
                 for b in range(b0, min(b0 + mper, nmb)):
                     a = acc[(ip * nmb + b) * tile:(ip * nmb + b + 1) * tile]
-                    if n0 == 0 and k0 == 0:
-                        tile_taps(dyp[(b * pb + k0) * _MR:], xs, base, offs[k0:], a, kn, False)
-                    else:  # a chunk's sum, then added: rounding grows with kc + pixels / kc, not with the pixels
-                        tile_taps(dyp[(b * pb + k0) * _MR:], xs, base, offs[k0:], ct, kn, False)
+                    first = n0 == 0 and k0 == 0  # else a chunk's sum, then added: rounding grows with kc +
+                    tile_taps(dyp[(b * pb + k0) * _MR:], xs, base, offs[k0:], a if first else ct, kn, False)
+                    if not first:  # pixels / kc, not with the pixels (one call site: each inlines the micro-kernel)
                         for e in range(tile):
                             a[e] += ct[e]
             if n0 + nb == n_:  # the last image block: this task's sums into the weight gradient

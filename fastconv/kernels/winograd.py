@@ -607,10 +607,9 @@ def _filter_kernel(dy, x, dh, dw, pt, pl, hp, wp, th_, tw_, nblk, kc, nr, flags)
                 for b in range(nmb):
                     a = acc[(ip * nmb + b) * tile:(ip * nmb + b + 1) * tile]
                     ab = dt[pos * sd + k0 * mp + b * _MR:]
-                    if n0 == 0 and k0 == 0:
-                        tile_taps_lda(ab, mp, v, base + k0 * nr, offs, a, kn, False)
-                    else:
-                        tile_taps_lda(ab, mp, v, base + k0 * nr, offs, ct, kn, False)
+                    first = n0 == 0 and k0 == 0
+                    tile_taps_lda(ab, mp, v, base + k0 * nr, offs, a if first else ct, kn, False)  # (one call site:
+                    if not first:  # each inlines the micro-kernel, compiled again)
                         for e in range(tile):
                             a[e] += ct[e]
     out = np.empty((m_, c_, 3, 3), dtype=x.dtype)
