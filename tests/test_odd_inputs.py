@@ -473,3 +473,22 @@ def test_odd_geometries_in_odd_layouts(family, case, op, strat):
         for g, e in zip(got, expected, strict=True):
             assert g.dtype == e.dtype and g.shape == e.shape, f"{op} {case} {strat} {layout}"
             assert g.tobytes() == e.tobytes(), f"{op} {case} {strat} {layout}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 3 * 4096 + 5])
+def test_all_finite_finds_one_nonfinite_anywhere(size, dtype):
+    """The weight check that sends a call to the exact loops (kernels/_nonfinite.py): blocks of vectorised
+    ``sum(v * 0)``, so a NaN or infinity in any block, first or last element, must be found, and the largest
+    finite values must not count."""
+    from fastconv.kernels._nonfinite import all_finite
+
+    big = np.finfo(dtype).max
+    a = np.full(size, big, dtype=dtype)
+    a[::2] = -big
+    assert all_finite(a)
+    for pos in sorted({0, size // 2, min(size - 1, 4095), min(size - 1, 4096), size - 1}):
+        for value in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[pos] = value
+            assert not all_finite(b), (size, pos, value)

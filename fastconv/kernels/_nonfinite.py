@@ -18,24 +18,34 @@ they cost more of the cold compile (about a second each) than a path this rare i
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .._options import kernel
 from ._tiles import T_MAX, TILES_PER_THREAD, run_tiles
 
+#: Elements per block of :func:`_all_finite`'s vectorised sums.
+_FINITE_BLOCK = 4096
+
 
 @kernel
 def _all_finite(flat):
-    for i in range(flat.shape[0]):
-        if not math.isfinite(flat[i]):
+    """Blocks of ``sum(v * 0)``: 0 for finite ``v``, NaN as soon as one is NaN or infinite (fastmath without
+    ``nnan``/``ninf`` keeps ``v * 0``), a sum LLVM vectorises; an element test per element did not vectorise and
+    took 0.29 ms for res3x3_14's 590k weights, 6 % of its forward."""
+    n = flat.shape[0]
+    zero = flat.dtype.type(0)
+    for b0 in range(0, n, _FINITE_BLOCK):
+        s = zero
+        for i in range(b0, min(b0 + _FINITE_BLOCK, n)):
+            s += flat[i] * zero
+        if s != zero:
             return False
     return True
 
 
 def all_finite(a: np.ndarray) -> bool:
-    """True when every element of ``a`` is finite (no temporary array, stops at the first non-finite)."""
+    """True when every element of ``a`` is finite (no temporary array, stops in the block of the first
+    non-finite one)."""
     return bool(_all_finite(a.reshape(-1)))
 
 
