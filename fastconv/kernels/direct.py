@@ -74,9 +74,8 @@ _MB = 4
 _ROW = _RUN + 64
 #: Output columns of one micro-kernel call (float32, float64).
 _NR32, _NR64 = columns(4), columns(8)
-#: Bytes of a micro-kernel task's input scratch / of one run of packed weights that should stay in L2.
+#: Bytes of a micro-kernel task's input scratch that should stay in L2.
 _SCRATCH_L2 = 512 * 1024
-_WEIGHTS_L2 = 384 * 1024
 #: Runs are rounded up to a multiple of this many elements (the vector loops' unrolled step, so that no
 #: scalar remainder loop runs); scratch buffers carry this many extra elements at their end.
 _VEC = 32
@@ -386,6 +385,21 @@ def _fill_polyphase(s, x, n, c0, cg, sh, sw, pt, pl, hq, wq):
 # --------------------------------------------------------------------------- forward
 
 
+@kernel
+def _store_run(dst, d0, src, s0, n, bv, plus):
+    """``dst[d0:d0+n] = src[s0:s0+n] (+ bv if plus)``.  A kernel of its own, given the bias value rather than
+    the bias array: LLVM left this loop scalar when it was written inline in a kernel's copy-out loop (stem7x7's
+    forward spent 4 of its 10 ms there) and when the helper read ``bias[m]`` itself (2 of 10)."""
+    d = dst[d0:d0 + n]
+    v = src[s0:s0 + n]
+    if plus:
+        for k in range(n):
+            d[k] = v[k] + bv
+    else:
+        for k in range(n):
+            d[k] = v[k]
+
+
 @parallel_kernel
 def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, nparts, unpadded, bias):
     n_, c_ = x.shape[0], x.shape[1]
@@ -450,17 +464,18 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
 
 
 @parallel_kernel
-def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, cblk, unpadded, nr, bias):
+def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, unpadded, nr, bias):
     """Forward by the register-blocked micro-kernel :func:`._ukernel.tile_taps`.
 
     One task per (image, group, chunk of ``rows`` output rows): the task fills the polyphase
     scratch rows its outputs read (``hq`` rows per phase block; with stride 1 and no padding it
-    reads the input planes in place), then for each run of ``cblk`` blocks of ``MR`` output
-    channels (whose packed weights ``ap[g, b]`` then stay in cache) and each panel of ``NR``
-    consecutive output columns in the scratch's row length ``wq``, computes ``MR x NR`` outputs
-    over all taps in registers and copies the valid columns out.  A last panel that would read
-    past the input planes is moved back to end at the last output (recomputing a few outputs of
-    the panel before it, with the same values).  ``bias`` (empty: none) is added as the outputs are copied out.
+    reads the input planes in place), then for each block of ``MR`` output channels (whose packed
+    weights ``ap[g, b]`` then stay in L1) and each panel of ``NR`` consecutive output columns in the
+    scratch's row length ``wq``, computes ``MR x NR`` outputs over all taps in registers and copies
+    the valid columns out (:func:`_store_run`), so that the task writes ``MR`` output planes at a
+    time, each sequentially.  A last panel that would read past the input planes is moved back to
+    end at the last output (recomputing a few outputs of the panel before it, with the same
+    values).  ``bias`` (empty: none) is added as the outputs are copied out.
     """
     n_, c_ = x.shape[0], x.shape[1]
     nmb = ap.shape[1]
@@ -469,6 +484,7 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
     mg = m_ // groups
     plane = sh * sw * hq * wq
     nchunk = (oh_ + rows - 1) // rows
+    zero = x.dtype.type(0)
     y = np.empty((n_, m_, oh_, ow_), dtype=x.dtype)
     yflat = y.reshape(n_ * m_ * oh_ * ow_)
     for t in prange(n_ * groups * nchunk):
@@ -486,26 +502,19 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
             s[cg * plane:] = 0  # (read only into junk columns)
             _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt - oh0 * sh, pl, hq, wq)
         ct = np.empty(_MR * nr, dtype=x.dtype)
-        for b0 in range(0, nmb, cblk):
+        plus = bias.shape[0] > 0
+        for b in range(nmb):
             for j0 in range(0, jn, nr):
                 j1 = min(j0 + nr, jn)
                 js = min(j0, jn - nr) if unpadded and jn >= nr else j0  # (in place: never read past the planes)
-                for b in range(b0, min(b0 + cblk, nmb)):
-                    tile_taps(ap[g, b], s, js, offs, ct, nt, False)
-                    for rr in range(j0 // wq, (j1 - 1) // wq + 1):  # copy the valid columns out, row by row
-                        lo = max(j0, rr * wq)
-                        hi = min(j1, rr * wq + ow_)
-                        for i in range(min(_MR, mg - b * _MR)):
-                            m = g * mg + b * _MR + i
-                            yo = ((n * m_ + m) * oh_ + oh0 + rr) * ow_ - rr * wq
-                            ci = i * nr - js
-                            if bias.shape[0] > 0:
-                                bv = bias[m]
-                                for v in range(lo, hi):
-                                    yflat[yo + v] = ct[ci + v] + bv
-                            else:
-                                for v in range(lo, hi):
-                                    yflat[yo + v] = ct[ci + v]
+                tile_taps(ap[g, b], s, js, offs, ct, nt, False)
+                for rr in range(j0 // wq, (j1 - 1) // wq + 1):  # copy the valid columns out, row by row
+                    lo = max(j0, rr * wq)
+                    hi = min(j1, rr * wq + ow_)
+                    for i in range(min(_MR, mg - b * _MR)):
+                        m = g * mg + b * _MR + i
+                        _store_run(yflat, ((n * m_ + m) * oh_ + oh0 + rr) * ow_ - rr * wq + lo, ct,
+                                   i * nr - js + lo, hi - lo, bias[m] if plus else zero, plus)
     return y
 
 
@@ -522,7 +531,7 @@ def _pack_weights(w2: np.ndarray, groups: int) -> np.ndarray:
 def _tiles_forward(x: np.ndarray, w: np.ndarray, cv: Conv, bias: np.ndarray | None = None) -> np.ndarray:
     """The convolution ``cv`` (with its pads on the top and left only; zeros beyond the input) by
     :func:`_forward_tiles_kernel`, plus ``bias``."""
-    rows, hq, cblk = _tiles_plan(cv, x.dtype.itemsize)
+    rows, hq = _tiles_plan(cv, x.dtype.itemsize)
     _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
     unpadded = cv.sh == cv.sw == 1 and cv.pt == cv.pl == 0 and wq == cv.w
     if unpadded:
@@ -530,7 +539,7 @@ def _tiles_forward(x: np.ndarray, w: np.ndarray, cv: Conv, bias: np.ndarray | No
     offs = _forward_taps(cv.cg, cv.kh, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, hq, wq)
     ap = _pack_weights(w.reshape(cv.m, cv.cg * cv.kk), cv.g)
     return _run(_forward_tiles_kernel, x, ap, offs, cv.m, cv.sh, cv.sw, cv.pt, cv.pl, cv.g, hq, wq, cv.oh, cv.ow,
-                rows, cblk, unpadded, _NR32 if x.dtype.itemsize == 4 else _NR64, _bias_or_empty(bias, x.dtype))
+                rows, unpadded, _NR32 if x.dtype.itemsize == 4 else _NR64, _bias_or_empty(bias, x.dtype))
 
 
 def _adjoint(cv: Conv) -> Conv | None:
@@ -555,9 +564,8 @@ def _use_tiles(cv: Conv) -> bool:
     return cv.mg >= _MR // 2 and cv.cg * cv.kk >= 32
 
 
-def _tiles_plan(cv: Conv, isz: int) -> tuple[int, int, int]:
-    """(output rows per task, phase-block rows of its scratch, channel blocks per weight run) of the micro-kernel
-    forward.
+def _tiles_plan(cv: Conv, isz: int) -> tuple[int, int]:
+    """(output rows per task, phase-block rows of its scratch) of the micro-kernel forward.
 
     The rows per task minimise the panels the busiest thread computes (tasks in rounds of the thread count,
     each task's columns rounded up to whole panels of ``NR``), fewer tasks on a tie; a task's scratch stays
@@ -568,7 +576,7 @@ def _tiles_plan(cv: Conv, isz: int) -> tuple[int, int, int]:
 
 
 @functools.lru_cache(maxsize=256)
-def _tiles_plan_for(cv: Conv, isz: int, threads: int) -> tuple[int, int, int]:
+def _tiles_plan_for(cv: Conv, isz: int, threads: int) -> tuple[int, int]:
     nr = _NR32 if isz == 4 else _NR64
     _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
     reach = (cv.kh - 1) * cv.dh // cv.sh
@@ -582,14 +590,13 @@ def _tiles_plan_for(cv: Conv, isz: int, threads: int) -> tuple[int, int, int]:
         cost = -(-cv.n * cv.g * nchunk // threads) * panels
         if best is None or cost < best:
             best, rows = cost, r
-    cblk = max(1, _WEIGHTS_L2 // (cv.cg * cv.kk * _MR * isz))
-    return rows, rows + reach, cblk
+    return rows, rows + reach
 
 
 def tiles_macs(cv: Conv, isz: int) -> int:
     """Multiply-adds :func:`_forward_tiles_kernel` executes for ``cv`` (whole panels and channel blocks)."""
     nr = _NR32 if isz == 4 else _NR64
-    rows, _, _ = _tiles_plan(cv, isz)
+    rows, _ = _tiles_plan(cv, isz)
     _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
     full, last = divmod(cv.oh, rows)
     panels = full * -(-((rows - 1) * wq + cv.ow) // nr) + (-(-((last - 1) * wq + cv.ow) // nr) if last else 0)
@@ -1420,7 +1427,7 @@ def forward_bound(cv: Conv, isz: int) -> int:
     nt = cg * kk
     if _use_tiles(cv):
         nr = _NR32 if isz == 4 else _NR64
-        rows, hq, _ = _tiles_plan(cv, isz)
+        rows, hq = _tiles_plan(cv, isz)
         _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
         if cv.sh == cv.sw == 1 and cv.pt == cv.pl == 0 and wq == cv.w:
             hq = cv.h  # (in place, or a whole-plane scratch when a chunk is narrower than a panel)
