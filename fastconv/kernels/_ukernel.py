@@ -340,6 +340,10 @@ def _output16_codegen(width: int, isz: int, step: int = 2):
         fty = context.get_value_type(signature.args[0].dtype)
         vty, wty = ir.VectorType(fty, width), ir.VectorType(fty, 2 * width)
         i32 = ir.IntType(32)
+        bv = context.cast(builder, args[6], signature.args[6], signature.args[0].dtype)
+        plus = context.cast(builder, args[7], signature.args[7], types.boolean)
+        bias = builder.shuffle_vector(builder.insert_element(ir.Constant(wty, ir.Undefined), bv, ir.Constant(i32, 0)),
+                                      ir.Constant(wty, ir.Undefined), ir.Constant(ir.VectorType(i32, 2 * width), 0))
         inter = ir.Constant(ir.VectorType(i32, 2 * width), [j // 2 + (j % 2) * width for j in range(2 * width)])
         m = []
         for pos in range(16):
@@ -356,7 +360,8 @@ def _output16_codegen(width: int, isz: int, step: int = 2):
                     cols.append(builder.fsub(builder.fsub(m[4 * r0 + k], m[4 * r1 + k]), m[4 * r2 + k]))
             left = builder.fadd(builder.fadd(cols[0], cols[1]), cols[2])
             right = builder.fsub(builder.fsub(cols[1], cols[2]), cols[3])
-            return builder.shuffle_vector(left, right, inter)
+            val = builder.shuffle_vector(left, right, inter)
+            return builder.select(plus, builder.fadd(val, bias), val)  # (strict IEEE: the bias after the sum)
 
         if step == 2:
             def put(val, at):
@@ -387,14 +392,21 @@ def _output16_codegen(width: int, isz: int, step: int = 2):
 
 def _transform_intrinsic(name: str, codegen, arrays: tuple[int, int], width, step: int, doc: str):
     """A numba intrinsic of six arguments (two of them, at ``arrays``, float arrays of one dtype) whose code is
-    ``codegen(width(itemsize), itemsize, step)``: the vector transforms below differ only in these."""
+    ``codegen(width(itemsize), itemsize, step)``: the vector transforms below differ only in these.  The output
+    transforms take two more: a bias value and whether to add it."""
 
-    def typer(typingctx, a0, a1, a2, a3, a4, a5):
-        args = (a0, a1, a2, a3, a4, a5)
+    def typed(args):
         isz = _float_arrays(*(args[i] for i in arrays))
         if isz is None:
             return None
         return types.void(*args), codegen(width(isz), isz, step)
+
+    if codegen is _output16_codegen:
+        def typer(typingctx, a0, a1, a2, a3, a4, a5, a6, a7):
+            return typed((a0, a1, a2, a3, a4, a5, a6, a7))
+    else:
+        def typer(typingctx, a0, a1, a2, a3, a4, a5):
+            return typed((a0, a1, a2, a3, a4, a5))
 
     typer.__name__ = typer.__qualname__ = name
     typer.__doc__ = doc
@@ -412,9 +424,9 @@ input_tiles_narrow = _transform_intrinsic("input_tiles_narrow", _input16_codegen
 #: ``d_j[i][k] = src[so + i * rs + 4 * j + 2 * k]`` (reads exactly ``src[so + i * rs :][:4 * lanes4 + 3]``).
 input_tiles4 = _transform_intrinsic("input_tiles4", _input16_codegen, (0, 2), lanes4, 4,
                                     "lanes4 tiles four columns apart, patch columns two apart")
-#: ``output_tiles(mb, mo, s, y, yo, low)``: ``lanes`` tiles two columns apart, both columns inside:
-#: ``y[yo + 2 j + v] (, y[yo + low + 2 j + v] if low > 0) = (Aᵀ M_j A)[u, v]`` with ``M_j[pos] = mb[mo + pos * s + j]``
-#: (no bounds checks).
+#: ``output_tiles(mb, mo, s, y, yo, low, bv, plus)``: ``lanes`` tiles two columns apart, both columns inside:
+#: ``y[yo + 2 j + v] (, y[yo + low + 2 j + v] if low > 0) = (Aᵀ M_j A)[u, v] (+ bv if plus)`` with
+#: ``M_j[pos] = mb[mo + pos * s + j]`` (no bounds checks; the bias is one addition after the sum).
 output_tiles = _transform_intrinsic("output_tiles", _output16_codegen, (0, 3), lanes, 2,
                                     "lanes tiles two columns apart")
 #: :func:`output_tiles` for ``lanes_narrow(itemsize)`` tiles.

@@ -269,10 +269,10 @@ def _input_transform(v, flat, plane, wp, c_, seg, nseg, step, nr, dh, dw, vl, vl
 
 
 @kernel
-def _output_tiles(yflat, mb, q0, s, o0, cnt, step, dw, low, both):
+def _output_tiles(yflat, mb, q0, s, o0, cnt, step, dw, low, both, bv, plus):
     """``cnt`` tiles of one segment and one output channel (``M`` at ``mb[pos * s + q0 + j]``, first output at
     ``yflat[o0]``, tiles ``step`` apart): their upper-left outputs, the right ones if ``both``, the lower ones
-    (``low`` elements below) if ``low > 0``."""
+    (``low`` elements below) if ``low > 0``; then ``bv`` added to each if ``plus`` (after the sum: stored first)."""
     for j in range(cnt):
         q = q0 + j
         # Aᵀ M A: rows (m0 + m1 + m2, m1 - m2 - m3), then the same along the columns
@@ -292,6 +292,16 @@ def _output_tiles(yflat, mb, q0, s, o0, cnt, step, dw, low, both):
             yflat[o + low] = e0 + e1 + e2
             if both:
                 yflat[o + low + dw] = e1 - e2 - e3
+    if plus:
+        for j in range(cnt):
+            o = o0 + step * j
+            yflat[o] += bv
+            if both:
+                yflat[o + dw] += bv
+            if low > 0:
+                yflat[o + low] += bv
+                if both:
+                    yflat[o + low + dw] += bv
 
 
 @kernel
@@ -332,8 +342,7 @@ def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vln, vl4, g
     phase (``ox % dw``) and index, so that runs of them (segments, one image, tile row and phase) lie ``2 * dw``
     columns apart.  A task transforms its panels' inputs, then runs the 16 products position by position, each
     block of the transformed kernel against every panel of the group (so a large kernel is read once per group,
-    not per panel), then transforms the outputs back and adds ``bias`` (empty: none) to them while they are in
-    cache."""
+    not per panel), then transforms the outputs back, adding ``bias`` (empty: none) as they are stored."""
     n_, c_, hp, wp = xp.shape
     nmb = (ap.shape[1] - _UPAD) // (c_ * _MR)
     mp = nmb * _MR
@@ -351,6 +360,7 @@ def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vln, vl4, g
     sv = _stride(c_ * nr)
     s = _stride(mp * nr)
     zero = xp.dtype.type(0)
+    plus = bias.shape[0] > 0
     for t in prange(ntask):
         p0 = t * group
         ng = min(group, npan - p0)
@@ -379,6 +389,7 @@ def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vln, vl4, g
         for g in range(ng):
             mg = mb[g]
             for m in range(m_):
+                bv = bias[m] if plus else zero
                 for i in range(nseg[g]):
                     j0 = seg[g, i, 0]
                     o0 = out[g, i, 0] + m * hw
@@ -387,28 +398,23 @@ def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vln, vl4, g
                     if step == 2 and nb >= vl:  # dilation 1: vl tiles per vector call, both columns in one store
                         for jb in range(0, nb, vl):
                             jv = min(jb, nb - vl)
-                            output_tiles(mg, m * nr + j0 + jv, s, yflat, o0 + 2 * jv, low)
+                            output_tiles(mg, m * nr + j0 + jv, s, yflat, o0 + 2 * jv, low, bv, plus)
                         done = nb
                     elif step == 2 and nb >= vln:  # short rows
                         for jb in range(0, nb, vln):
                             jv = min(jb, nb - vln)
-                            output_tiles_narrow(mg, m * nr + j0 + jv, s, yflat, o0 + 2 * jv, low)
+                            output_tiles_narrow(mg, m * nr + j0 + jv, s, yflat, o0 + 2 * jv, low, bv, plus)
                         done = nb
                     elif step == 4 and nb >= vl4:  # dilation 2 (columns): a masked store per row
                         for jb in range(0, nb, vl4):
                             jv = min(jb, nb - vl4)
-                            output_tiles4(mg, m * nr + j0 + jv, s, yflat, o0 + 4 * jv, low)
+                            output_tiles4(mg, m * nr + j0 + jv, s, yflat, o0 + 4 * jv, low, bv, plus)
                         done = nb
-                    _output_tiles(yflat, mg, m * nr + j0 + done, s, o0 + done * step, nb - done, step, dw, low, True)
+                    _output_tiles(yflat, mg, m * nr + j0 + done, s, o0 + done * step, nb - done, step, dw, low, True,
+                                  bv, plus)
                     if nb < nl:
-                        _output_tiles(yflat, mg, m * nr + j0 + nb, s, o0 + nb * step, nl - nb, step, dw, low, False)
-                    if bias.shape[0] > 0:  # the segment's outputs: columns dw apart (nl left + nb right ones), 1-2 rows
-                        bv = bias[m]
-                        for k in range(nl + nb):
-                            yflat[o0 + dw * k] += bv
-                        if low > 0:
-                            for k in range(nl + nb):
-                                yflat[o0 + low + dw * k] += bv
+                        _output_tiles(yflat, mg, m * nr + j0 + nb, s, o0 + nb * step, nl - nb, step, dw, low, False,
+                                      bv, plus)
     return y
 
 
