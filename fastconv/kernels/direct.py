@@ -76,6 +76,8 @@ _ROW = _RUN + 64
 _NR32, _NR64 = columns(4), columns(8)
 #: Bytes of a micro-kernel task's input scratch that should stay in L2.
 _SCRATCH_L2 = 512 * 1024
+#: Bytes of packed panels of the micro-kernel forward (a group of panels, each tap's columns contiguous).
+_PACK_BYTES = 100 * 1024
 #: Runs are rounded up to a multiple of this many elements (the vector loops' unrolled step, so that no
 #: scalar remainder loop runs); scratch buffers carry this many extra elements at their end.
 _VEC = 32
@@ -464,7 +466,8 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
 
 
 @parallel_kernel
-def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, unpadded, nr, bias):
+def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, unpadded, nr, gpan,
+                          bias):
     """Forward by the register-blocked micro-kernel :func:`._ukernel.tile_taps`.
 
     One task per (image, group, chunk of ``rows`` output rows): the task fills the polyphase
@@ -472,10 +475,12 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
     reads the input planes in place), then for each block of ``MR`` output channels (whose packed
     weights ``ap[g, b]`` then stay in L1) and each panel of ``NR`` consecutive output columns in the
     scratch's row length ``wq``, computes ``MR x NR`` outputs over all taps in registers and copies
-    the valid columns out (:func:`_store_run`), so that the task writes ``MR`` output planes at a
-    time, each sequentially.  A last panel that would read past the input planes is moved back to
-    end at the last output (recomputing a few outputs of the panel before it, with the same
-    values).  ``bias`` (empty: none) is added as the outputs are copied out.
+    the valid columns out (:func:`_store_run`; one run when the rows have no junk columns), so that
+    the task writes ``MR`` output planes at a time, each sequentially.  A last panel that would read
+    past the input planes is moved back to end at the last output (recomputing a few outputs of the
+    panel before it, with the same values).  ``bias`` (empty: none) is added as the outputs are
+    copied out.  With ``gpan > 0`` (1x1 kernels, :func:`_pack_panels`) the panels are first packed,
+    ``gpan`` at a time, each tap's ``NR`` columns contiguous, and the micro-kernel reads the packs.
     """
     n_, c_ = x.shape[0], x.shape[1]
     nmb = ap.shape[1]
@@ -503,18 +508,37 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
             _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt - oh0 * sh, pl, hq, wq)
         ct = np.empty(_MR * nr, dtype=x.dtype)
         plus = bias.shape[0] > 0
-        for b in range(nmb):
-            for j0 in range(0, jn, nr):
-                j1 = min(j0 + nr, jn)
+        npan = (jn + nr - 1) // nr
+        pack = gpan > 0
+        grp = min(gpan, npan) if pack else npan
+        bp = np.empty(grp * nt * nr if pack else 0, dtype=x.dtype)
+        poffs = np.empty(nt, dtype=np.int64)
+        for k in range(nt):
+            poffs[k] = k * nr if pack else offs[k]
+        for p0 in range(0, npan, grp):
+            p1 = min(p0 + grp, npan)
+            for pp in range(p0, p1 if pack else p0):  # pack the group's panels: each tap's NR columns in a row
+                j0 = pp * nr
                 js = min(j0, jn - nr) if unpadded and jn >= nr else j0  # (in place: never read past the planes)
-                tile_taps(ap[g, b], s, js, offs, ct, nt, False)
-                for rr in range(j0 // wq, (j1 - 1) // wq + 1):  # copy the valid columns out, row by row
-                    lo = max(j0, rr * wq)
-                    hi = min(j1, rr * wq + ow_)
-                    for i in range(min(_MR, mg - b * _MR)):
-                        m = g * mg + b * _MR + i
-                        _store_run(yflat, ((n * m_ + m) * oh_ + oh0 + rr) * ow_ - rr * wq + lo, ct,
-                                   i * nr - js + lo, hi - lo, bias[m] if plus else zero, plus)
+                for k in range(nt):
+                    src = s[offs[k] + js:]
+                    dst = bp[((pp - p0) * nt + k) * nr:]
+                    for j in range(nr):
+                        dst[j] = src[j]
+            panels = bp if pack else s
+            for b in range(nmb):
+                for pp in range(p0, p1):
+                    j0 = pp * nr
+                    j1 = min(j0 + nr, jn)
+                    js = min(j0, jn - nr) if unpadded and jn >= nr else j0
+                    tile_taps(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
+                    for rr in range(j0 // wq, (j1 - 1) // wq + 1) if wq > ow_ else range(j0 // wq, j0 // wq + 1):
+                        lo = max(j0, rr * wq)  # the valid columns out, row by row (no junk columns: as one run)
+                        hi = min(j1, rr * wq + ow_) if wq > ow_ else j1
+                        for i in range(min(_MR, mg - b * _MR)):
+                            m = g * mg + b * _MR + i
+                            _store_run(yflat, ((n * m_ + m) * oh_ + oh0 + rr) * ow_ - rr * wq + lo, ct,
+                                       i * nr - js + lo, hi - lo, bias[m] if plus else zero, plus)
     return y
 
 
@@ -538,8 +562,18 @@ def _tiles_forward(x: np.ndarray, w: np.ndarray, cv: Conv, bias: np.ndarray | No
         hq = cv.h
     offs = _forward_taps(cv.cg, cv.kh, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, hq, wq)
     ap = _pack_weights(w.reshape(cv.m, cv.cg * cv.kk), cv.g)
+    nr = _NR32 if x.dtype.itemsize == 4 else _NR64
     return _run(_forward_tiles_kernel, x, ap, offs, cv.m, cv.sh, cv.sw, cv.pt, cv.pl, cv.g, hq, wq, cv.oh, cv.ow,
-                rows, unpadded, _NR32 if x.dtype.itemsize == 4 else _NR64, _bias_or_empty(bias, x.dtype))
+                rows, unpadded, nr, _pack_panels(cv, nr, x.dtype.itemsize),
+                _bias_or_empty(bias, x.dtype))
+
+
+def _pack_panels(cv: Conv, nr: int, isz: int) -> int:
+    """Panels per packed group of :func:`_forward_tiles_kernel`, 0: none.  1x1 kernels only: their taps are
+    whole planes apart (pw1x1_28: 256 rows 3 KiB apart per panel; packed 1.96 -> 1.77 ms with the copy-out as
+    one run); where taps share rows (3x3, the 7x7 stem) packing copies ``KH*KW`` times the input and was
+    15-30 % slower."""
+    return max(1, _PACK_BYTES // (cv.cg * nr * isz)) if cv.kk == 1 else 0
 
 
 def _adjoint(cv: Conv) -> Conv | None:
@@ -1433,7 +1467,8 @@ def forward_bound(cv: Conv, isz: int) -> int:
             hq = cv.h  # (in place, or a whole-plane scratch when a chunk is narrower than a panel)
         packed = g * -(-mg // _MR) * _MR * nt * isz * 2  # the packed weights and their zero-padded copy
         tasks = cv.n * g * -(-cv.oh // rows)
-        return _IDX * nt * 8 + packed + _per_tasks(tasks, cg * cv.sh * cv.sw * hq * wq + nr + _MR * nr, isz)
+        panels = _pack_panels(cv, nr, isz) * nt * nr + -(-nt * 8 // isz)  # (packed panels, their tap offsets)
+        return _IDX * nt * 8 + packed + _per_tasks(tasks, cg * cv.sh * cv.sw * hq * wq + nr + _MR * nr + panels, isz)
     nparts = _parts(cv.n * g, mg)
     tasks = cv.n * g * nparts
     if cv.sh == cv.sw == 1 and cv.ow == cv.w:  # _same_width: two tap-index arrays per task
