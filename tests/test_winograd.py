@@ -101,7 +101,7 @@ def test_winograd_runs_where_it_applies_and_direct_elsewhere():
     assert winograd._forward_kernel in launched_kernels(lambda: fastconv.conv2d(x, w, pad=1, strategy="winograd"))[1]
     dy = np.ones((2, 8, 9, 9))
     _, bwd = launched_kernels(lambda: fastconv.conv2d_backward(dy, x, w, pad=1, strategy="winograd"))
-    assert bwd == [winograd._transform_weights_kernel, winograd._forward_kernel, winograd._filter_kernel]
+    assert bwd == [winograd._prepare_kernel, winograd._forward_kernel, winograd._filter_kernel]
     for args, kw in [((np.ones((2, 8, 9, 9)), np.ones((8, 8, 5, 5))), {}),  # 5x5
                      ((np.ones((2, 8, 9, 9)), np.ones((8, 8, 3, 3))), dict(stride=2)),
                      ((np.ones((2, 8, 9, 9)), np.ones((8, 4, 3, 3))), dict(groups=2)),

@@ -48,7 +48,7 @@ from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
 from .._threads import get_num_threads
 from . import direct
-from ._tiles import Conv, conv_of
+from ._tiles import Conv, _copy, _zero, conv_of
 from ._ukernel import MR as _MR
 from ._ukernel import (
     columns,
@@ -94,15 +94,19 @@ def _padded(cv: Conv) -> tuple[int, int]:
 _UPAD = 16
 
 
-def _transform_weights(w: np.ndarray, flip: bool = False) -> np.ndarray:
-    """``ap[pos, (b * C + c) * MR + r] = U[pos, b * MR + r, c]``, ``U = G g Gᵀ`` (computed in float64), zero-padded
-    to whole blocks of ``MR`` output channels; ``_UPAD`` unused elements end each position's row.  ``g`` is the
-    3x3 kernel ``w[o, c]``, or with ``flip`` that of backward_data's adjoint, ``w[c, o]`` rotated by 180 degrees
-    (:func:`.direct._flipped` for one group, without its copy of ``w``)."""
+def _prepare(x: np.ndarray, w: np.ndarray, pt: int, pl: int, hp: int, wp: int, flip: bool = False
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The forward's operands: ``x`` zero-padded, ``xp[n, c, pt + i, pl + j] = x[n, c, i, j]`` inside ``(hp, wp)``
+    (pads may be negative), and the transformed kernel ``ap[pos, (b * C + c) * MR + r] = U[pos, b * MR + r, c]``,
+    ``U = G g Gᵀ`` (computed in float64), zero-padded to whole blocks of ``MR`` output channels; ``_UPAD`` unused
+    elements end each position's row.  ``g`` is the 3x3 kernel ``w[o, c]``, or with ``flip`` that of
+    backward_data's adjoint, ``w[c, o]`` rotated by 180 degrees (:func:`.direct._flipped` for one group, without
+    its copy of ``w``).  Both in one parallel kernel, :func:`_prepare_kernel`."""
     m, c = (w.shape[1], w.shape[0]) if flip else w.shape[:2]
     ap = np.empty((16, -(-m // _MR) * c * _MR + _UPAD), dtype=w.dtype)
-    direct._run(_transform_weights_kernel, w, ap, flip)
-    return ap
+    xp = np.empty((x.shape[0], x.shape[1], hp, wp), dtype=x.dtype)
+    direct._run(_prepare_kernel, w, ap, flip, x, xp, pt, pl)
+    return xp, ap
 
 
 @kernel
@@ -112,15 +116,38 @@ def _g3(a0, a1, a2):
 
 
 @parallel_kernel
-def _transform_weights_kernel(w, ap, flip):
-    """:func:`_transform_weights`'s loop, one task per block of ``MR`` output channels (a serial loop took 0.7 ms for
-    256 x 256 channels, 15 % of res3x3_14's forward; NumPy's einsum 16 ms).  G's entries are 0, 1 and 1/2, so
-    each product is exact; the sums run in float64."""
+def _prepare_kernel(w, ap, flip, x, xp, pt, pl):
+    """:func:`_prepare`'s loop: one task per block of ``MR`` output channels of the kernel transform (a serial loop
+    took 0.7 ms for 256 x 256 channels, 15 % of res3x3_14's forward; NumPy's einsum 16 ms) and one per input
+    plane of the padded copy (NumPy's copy, one thread, took 0.75 ms of res3x3_56's ~6 ms forward; both together
+    now 0.3 ms), the blocks spread evenly among the planes.  G's entries are 0, 1 and 1/2, so each product is
+    exact; the sums run in float64."""
     m_, c_ = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
     nmb = (m_ + _MR - 1) // _MR
+    n_, cx, h_, w_ = x.shape
+    hp, wp = xp.shape[2], xp.shape[3]
+    r0, r1 = max(0, pt), min(hp, pt + h_)  # the rows and columns of xp inside x
+    k0, k1 = max(0, pl), min(wp, pl + w_)
+    if r1 <= r0 or k1 <= k0:
+        r0, r1, k0, k1 = 0, 0, 0, 0
     u = np.uint64
     f = np.float64
-    for b in prange(nmb):
+    total = nmb + n_ * cx
+    for t in prange(total):
+        b = t * nmb // total  # the kernel's blocks spread evenly over the tasks (the static schedule gives each
+        if (t + 1) * nmb // total == b:  # thread a range of them): t is block b's if the next t has another b
+            p = t - b  # else the padded copy of plane p (b blocks come before t)
+            xs = x.reshape(n_ * cx * h_ * w_)
+            xd = xp.reshape(n_ * cx * hp * wp)
+            src = p * h_ * w_ + (r0 - pt) * w_ + k0 - pl
+            dst = p * hp * wp
+            _zero(xd, dst, r0 * wp)
+            for i in range(r0, r1):
+                _zero(xd, dst + i * wp, k0)
+                _copy(xd, dst + i * wp + k0, xs, src + (i - r0) * w_, k1 - k0)
+                _zero(xd, dst + i * wp + k1, wp - k1)
+            _zero(xd, dst + r1 * wp, (hp - r1) * wp)
+            continue
         for c in range(c_):
             q0 = (b * c_ + c) * _MR
             for r in range(_MR):
@@ -149,20 +176,6 @@ def _transform_weights_kernel(w, ap, flip):
                 ap[12, q], ap[13, q], ap[14, q], ap[15, q] = _g3(t30, t31, t32)
     for pos in range(16):
         ap[pos, nmb * c_ * _MR:] = 0
-
-
-def _pad_copy(x: np.ndarray, pt: int, pl: int, hp: int, wp: int) -> np.ndarray:
-    """``xp[n, c, pt + i, pl + j] = x[n, c, i, j]`` inside ``(hp, wp)``, zero elsewhere (pads may be negative).
-
-    NumPy (one thread, ~0.6 ms for res3x3_56's 6 MiB): a parallel numba kernel was ~2x faster but cost a second
-    of compilation, and the cold compile of every kernel has a budget (docs/benchmarks.md)."""
-    n, c, h, w = x.shape
-    xp = np.zeros((n, c, hp, wp), dtype=x.dtype)
-    r0, r1 = max(0, pt), min(hp, pt + h)
-    c0, c1 = max(0, pl), min(wp, pl + w)
-    if r0 < r1 and c0 < c1:
-        xp[:, :, r0:r1, c0:c1] = x[:, :, r0 - pt:r1 - pt, c0 - pl:c1 - pl]
-    return xp
 
 
 @kernel
@@ -442,14 +455,14 @@ def _group(cv: Conv, isz: int) -> int:
 def _forward(x: np.ndarray, w: np.ndarray, cv: Conv, bias: np.ndarray | None = None, flip: bool = False
              ) -> np.ndarray | None:
     """Winograd forward of ``cv`` (pads on the top and left; zeros beyond the input) plus ``bias``, with the kernel
-    ``w`` (``flip``: backward_data's flipped ``w``, see :func:`_transform_weights`); None when the input holds NaN
+    ``w`` (``flip``: backward_data's flipped ``w``, see :func:`_prepare`); None when the input holds NaN
     or infinity (the caller then runs "direct")."""
     hp, wp = _padded(cv)
-    xp = _pad_copy(x, cv.pt, cv.pl, hp, wp)
+    xp, ap = _prepare(x, w, cv.pt, cv.pl, hp, wp, flip)
     th, tw = _tiles_of(cv.oh, cv.dh), _tiles_of(cv.ow, cv.dw)
     nr = columns(x.dtype.itemsize)
     flags = np.zeros(-(-cv.n * th * tw // nr), dtype=x.dtype)
-    y = direct._run(_forward_kernel, xp, _transform_weights(w, flip), cv.m, cv.dh, cv.dw, cv.oh, cv.ow, th,
+    y = direct._run(_forward_kernel, xp, ap, cv.m, cv.dh, cv.dw, cv.oh, cv.ow, th,
                     tw // cv.dw, nr, lanes(x.dtype.itemsize), lanes_narrow(x.dtype.itemsize), lanes4(x.dtype.itemsize),
                     _group(cv, x.dtype.itemsize), flags, direct._bias_or_empty(bias, x.dtype))
     return y if not flags.any() else None
