@@ -20,10 +20,11 @@ element is written exactly once by one task.
   micro-kernel (:mod:`._ukernel`, :func:`_forward_tiles_kernel`): one task per (image, group,
   chunk of output rows); ``MR`` output channels x ``NR`` consecutive columns of the scratch's
   rows accumulate in vector registers over every tap, then the valid columns are copied out
-  (stride 1 without padding reads the input planes in place).  Otherwise one task per (image,
-  group, part of the group's output channels) with :func:`_accumulate` / :func:`_pass4`.  Stride 1
-  with output rows as long as the input rows (depthwise 3x3 "same") runs straight from the input
-  planes into the output (:func:`_same_width_kernel`; border rows and columns recomputed exactly).
+  (stride 1 without padding reads the input planes in place; 1x1 kernels pack their panels first).
+  Otherwise one task per (image, group, part of the group's output channels) with :func:`_accumulate` /
+  :func:`_pass4`.  Stride 1 with output rows as long as the input rows (depthwise 3x3 "same") runs
+  straight from the input planes into the output (:func:`_same_width_kernel`; border rows and columns
+  recomputed exactly).
 * backward_data: with at least ``MR / 2`` output channels per group, ``Z = Wᵀ dy`` by the
   micro-kernel (``MR`` taps x ``NR`` pixels over the group's ``dy`` planes), each tap's row of ``Z``
   added where it lands in ``dx`` (:func:`_data_gemm_kernel`; at stride 1 the ``dy`` planes take
