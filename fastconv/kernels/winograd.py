@@ -48,7 +48,7 @@ from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
 from .._threads import get_num_threads
 from . import direct
-from ._tiles import Conv, _copy, _zero, conv_of
+from ._tiles import Conv, conv_of
 from ._ukernel import MR as _MR
 from ._ukernel import (
     columns,
@@ -124,29 +124,17 @@ def _prepare_kernel(w, ap, flip, x, xp, pt, pl):
     exact; the sums run in float64."""
     m_, c_ = (w.shape[1], w.shape[0]) if flip else (w.shape[0], w.shape[1])
     nmb = (m_ + _MR - 1) // _MR
-    n_, cx, h_, w_ = x.shape
+    n_, cx = x.shape[0], x.shape[1]
     hp, wp = xp.shape[2], xp.shape[3]
-    r0, r1 = max(0, pt), min(hp, pt + h_)  # the rows and columns of xp inside x
-    k0, k1 = max(0, pl), min(wp, pl + w_)
-    if r1 <= r0 or k1 <= k0:
-        r0, r1, k0, k1 = 0, 0, 0, 0
     u = np.uint64
     f = np.float64
     total = nmb + n_ * cx
     for t in prange(total):
         b = t * nmb // total  # the kernel's blocks spread evenly over the tasks (the static schedule gives each
         if (t + 1) * nmb // total == b:  # thread a range of them): t is block b's if the next t has another b
-            p = t - b  # else the padded copy of plane p (b blocks come before t)
-            xs = x.reshape(n_ * cx * h_ * w_)
-            xd = xp.reshape(n_ * cx * hp * wp)
-            src = p * h_ * w_ + (r0 - pt) * w_ + k0 - pl
-            dst = p * hp * wp
-            _zero(xd, dst, r0 * wp)
-            for i in range(r0, r1):
-                _zero(xd, dst + i * wp, k0)
-                _copy(xd, dst + i * wp + k0, xs, src + (i - r0) * w_, k1 - k0)
-                _zero(xd, dst + i * wp + k1, wp - k1)
-            _zero(xd, dst + r1 * wp, (hp - r1) * wp)
+            p = t - b  # else the padded copy of plane p (b blocks come before t): "direct"'s scratch fill, one phase
+            direct._fill_polyphase(xp.reshape(n_ * cx * hp * wp)[p * hp * wp:], x, p // cx, p % cx, 1, 1, 1, pt, pl,
+                                   hp, wp)
             continue
         for c in range(c_):
             q0 = (b * c_ + c) * _MR
