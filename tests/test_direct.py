@@ -114,27 +114,29 @@ def test_direct_paths_agree_with_reference(case, dtype):
     assert_conv2d_matches_reference("direct", xs, ws, kw, dtype, seed=3, what=case)
 
 
-PACKED_1X1 = {  # 1x1 kernels: the micro-kernel forward packs groups of panels
-    "in_place": ((2, 40, 9, 7), (9, 40, 1, 1), dict()),  # 63 columns: the last panel moved back
-    "padded": ((2, 36, 7, 9), (10, 36, 1, 1), dict(pad=(1, 2))),
-    "strided": ((2, 36, 15, 17), (8, 36, 1, 1), dict(stride=2, pad=1)),  # polyphase scratch
-    "grouped": ((2, 64, 10, 11), (16, 32, 1, 1), dict(groups=2)),
+PACKED_1X1 = {  # 1x1 kernels: the micro-kernel forward packs groups of panels (at least 3 panels per task)
+    "in_place": ((2, 40, 15, 13), (9, 40, 1, 1), dict()),  # 195 columns: the last panel moved back
+    "padded": ((2, 36, 13, 11), (10, 36, 1, 1), dict(pad=(1, 2))),
+    "strided": ((2, 36, 25, 27), (8, 36, 1, 1), dict(stride=2, pad=1)),  # polyphase scratch
+    "grouped": ((2, 64, 14, 11), (16, 32, 1, 1), dict(groups=2)),
 }
 
 
-@pytest.mark.parametrize("pack_bytes", [1, 5000, None])
+@pytest.mark.parametrize("group", [1, 2, None])
 @pytest.mark.parametrize("case", list(PACKED_1X1))
-def test_packed_panels_agree_with_reference(case, pack_bytes, monkeypatch):
-    """Groups of one panel, of a few panels (the last group shorter) and the default: each packed panel holds
-    the right taps and columns, and every output is copied out once (with the bias)."""
+def test_packed_panels_agree_with_reference(case, group, monkeypatch):
+    """Groups of one panel, of two (the last group shorter) and the default: each packed panel holds the right
+    taps and columns, and every output is copied out once (with the bias)."""
     xs, ws, kw = PACKED_1X1[case]
-    if pack_bytes is not None:
-        monkeypatch.setattr(direct, "_PACK_BYTES", pack_bytes)
     geom, out = conv_geometry(xs, ws, kw.get("stride", 1), kw.get("pad", 0), 1, kw.get("groups", 1))
     cv = direct.conv_of(xs, ws, geom, out[2:])
     nr = direct._NR32
-    groups = direct._pack_panels(cv, nr, 4)
-    assert groups >= 1 and (pack_bytes != 1 or groups == 1)
+    if group is not None:
+        monkeypatch.setattr(direct, "_PACK_BYTES", group * cv.cg * nr * 4)
+        assert direct._pack_panels(cv, nr, 4) == group
+    rows, _ = direct._tiles_plan(cv, 4)
+    _, wq = direct._blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
+    assert -(-((min(rows, cv.oh) - 1) * wq + cv.ow) // nr) >= 3  # (a group of two leaves a shorter last one)
     rng = np.random.default_rng(5)
     x, w, b = (uniform(rng, shape, np.float32) for shape in (xs, ws, (ws[0],)))
     y, calls = launched_kernels(lambda: fastconv.conv2d(x, w, **kw, bias=b, strategy="direct"))
