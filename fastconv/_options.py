@@ -16,6 +16,7 @@ import threading
 import types
 
 import numba
+import numpy as np
 
 #: fastmath flags: reassociation and contraction for vectorisation; never nnan/ninf.
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc", "afn"})
@@ -28,6 +29,11 @@ NJIT_OPTIONS = {"cache": True, "fastmath": set(FASTMATH), "nogil": True, "error_
 #: inside a prange body without its "numpy" option).
 PARALLEL_OPTIONS = {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
                     "setitem": False, "numpy": False, "stencil": False, "fusion": False}
+
+#: Constants for calls from one kernel to another.  numba compiles a kernel once more for every literal argument
+#: (``f(x, 1)`` types the 1 as ``Literal[int](1)``: 0.1-0.9 s of the cold compile each); these NumPy scalars are
+#: typed ``int64`` / ``bool``, so such a call shares the callee's one compiled specialisation.
+ZERO, ONE, TRUE, FALSE = np.int64(0), np.int64(1), np.bool_(True), np.bool_(False)
 
 
 def kernel(func):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._config import get_workspace_limit, record_scratch
-from .._options import kernel
+from .._options import ONE, ZERO, kernel
 from ._tiles import T_MAX, Conv, Scratch, gather_patches, run_tiles, scatter_patches, slots_for, too_small
 
 #: Per-group GEMMs with fewer multiply-adds per output pixel than this use the fused kernels.
@@ -94,8 +94,8 @@ def _forward_tile(x, w3, y3, n, g0, g1, cols, pb, kh_, kw_, sh, sw, dh, dw, pt, 
     for g in range(g0, g1):
         for p0 in range(0, p_, pb):
             q = min(pb, p_ - p0)
-            gather_patches(x, cols, n, 1, p0, q, g * cg, (g + 1) * cg, 0, kh_ * kw_,
-                           (kw_, sh, sw, dh, dw, pt, pl, ow_), 0, q)
+            gather_patches(x, cols, n, ONE, p0, q, g * cg, (g + 1) * cg, ZERO, kh_ * kw_,
+                           (kw_, sh, sw, dh, dw, pt, pl, ow_), ZERO, q)
             for mm in range(mg):
                 yr = y3[n, g * mg + mm, p0:p0 + q]
                 a = w3[g, mm, 0]
@@ -128,7 +128,8 @@ def _backward_data_tile(dy3, w3, dx, n, g0, g1, cols, pb, kh_, kw_, sh, sw, dh, 
                     a = w3[g, mm, k]
                     for j in range(q):
                         cr[j] += a * src[j]
-            scatter_patches(cols, dx, n, 1, p0, q, g * cg, (g + 1) * cg, kh_, kw_, sh, sw, dh, dw, pt, pl, ow_, 0, q)
+            scatter_patches(cols, dx, n, ONE, p0, q, g * cg, (g + 1) * cg, kh_, kw_, sh, sw, dh, dw, pt, pl, ow_, ZERO,
+                            q)
 
 
 @kernel
@@ -144,8 +145,8 @@ def _backward_filter_tile(dy3, x, dw3, g0, g1, cols, pb, kh_, kw_, sh, sw, dh, d
         for n in range(n_):
             for p0 in range(0, p_, pb):
                 q = min(pb, p_ - p0)
-                gather_patches(x, cols, n, 1, p0, q, g * cg, (g + 1) * cg, 0, kh_ * kw_,
-                               (kw_, sh, sw, dh, dw, pt, pl, ow_), 0, q)
+                gather_patches(x, cols, n, ONE, p0, q, g * cg, (g + 1) * cg, ZERO, kh_ * kw_,
+                               (kw_, sh, sw, dh, dw, pt, pl, ow_), ZERO, q)
                 for mm in range(mg):
                     d = dy3[n, g * mg + mm, p0:p0 + q]
                     for k in range(rows):

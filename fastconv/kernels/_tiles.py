@@ -34,7 +34,7 @@ import numba
 import numpy as np
 
 from .._config import WorkspaceTooSmallError, get_workspace_limit, record_scratch
-from .._options import kernel
+from .._options import ONE, kernel
 from .._params import ConvGeometry, Pair
 from .._threads import get_num_threads
 
@@ -651,7 +651,7 @@ def gather_patches(x, out, n0, nb, p0, pc, c0, c1, t0, t1, geo, s_n, s_r):
 def _rows_add(xf, d0, src, s0, nrows, ow_, drow, lo, hi, sw):
     """``nrows`` rows: ``xf[d0 + r*drow + q*sw] += src[s0 + r*OW + q]`` for columns ``lo <= q < hi``."""
     if sw == 1:  # contiguous on both sides: the shift-and-add rows
-        _rows_shift_add(xf, d0 + lo, drow, src, s0 + lo, ow_, nrows, hi - lo, 1)
+        _rows_shift_add(xf, d0 + lo, drow, src, s0 + lo, ow_, nrows, hi - lo, ONE)
         return
     d = d0 + lo * sw
     s = s0 + lo

@@ -83,7 +83,7 @@ def _bias_grad_kernel(dy):
     m_ = dy.shape[1]
     out = np.zeros(m_, dtype=dy.dtype)
     for m in prange(m_):
-        _channel_sums(dy, out, m, m + 1)
+        _channel_sums(dy, out, np.int64(m), np.int64(m + 1))  # int64, as from run_tiles: one specialisation
     return out
 
 

@@ -54,7 +54,7 @@ import numpy as np
 from numba import prange
 
 from .._config import WorkspaceTooSmallError, get_workspace_limit
-from .._options import kernel, parallel_kernel
+from .._options import TRUE, kernel, parallel_kernel
 from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
 from .._threads import get_num_threads
@@ -450,7 +450,7 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
                             for k in range(_MB):
                                 _accumulate(acc[k * _ROW:], src, offs[nt8:], w4[k, nt8:], jn, nt8 == 0)
                     else:
-                        _accumulate(acc, src, offs, w2[m], jn, True)
+                        _accumulate(acc, src, offs, w2[m], jn, TRUE)
                     for k in range(mb):
                         for i in range(nr):
                             yr = y[n, m + k, oh0 + i]
@@ -731,7 +731,7 @@ def _same_width_kernel(src, wt, offs, tp, tro, tco, groups, oh_, nparts, r0, r1,
             plane = out[n, o]
             flat = plane.reshape(oh_ * w_)
             if nrun > 0:
-                _accumulate(flat[j0:], grp, offs, wo, nrun, True)
+                _accumulate(flat[j0:], grp, offs, wo, nrun, TRUE)
                 left = min(cl0, w_)
                 right = max(left, w_ - cr)  # (cl0 + cr >= W: every column is a border column)
                 for qq in range(left + w_ - right):  # the border columns of rows r0:r1, over the taps inside
@@ -847,7 +847,7 @@ def _backward_data_kernel(dy, wf, toff, twi, tp, phq, phr, sh, sw, groups, cg, p
                     for q0 in range(0, qn, rows):
                         nr = min(rows, qn - q0)
                         jn = _up((nr - 1) * wd + rn)
-                        _accumulate(acc, s[q0 * wd:], toff[tp[ph]:tp[ph + 1]], wv[tp[ph]:tp[ph + 1]], jn, True)
+                        _accumulate(acc, s[q0 * wd:], toff[tp[ph]:tp[ph + 1]], wv[tp[ph]:tp[ph + 1]], jn, TRUE)
                         for i in range(nr):
                             dr = dx[n, g * cg + cl, (q0 + i) * sh + a]
                             ar = acc[i * wd:]

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .._options import kernel, parallel_kernel
+from .._options import ONE, TRUE, ZERO, kernel, parallel_kernel
 from .._params import Pair, PoolGeometry
 
 # --------------------------------------------------------------------------- padded polyphase buffer
@@ -301,7 +301,7 @@ def _max_fwd_kernel(x, kh, kw, sh, sw, ph_, pw, dh, dw, oh_, ow_, qw_, rb, want_
     ids = idx.reshape((idx.shape[0] * idx.shape[1], idx.shape[2], idx.shape[3]))
     tab = _tap_table(kh, kw, dh, dw, w_)
     t0h = _first_taps(oh_, kh, sh, ph_, dh, kw)
-    t0w = _first_taps(ow_, kw, sw, pw, dw, 1)
+    t0w = _first_taps(ow_, kw, sw, pw, dw, ONE)
     ninf = -np.inf
     qh_ = _buffer_rows(rb, kh, sh, dh)
     for t in prange(p_ * nb):
@@ -446,15 +446,15 @@ def _max_bwd_kernel(dy, x, kh, kw, sh, sw, ph_, pw, dh, dw, qw_):
     dxs = dx.reshape((p_, h_ * w_))
     tab = _tap_table(kh, kw, dh, dw, w_)
     t0h = _first_taps(oh_, kh, sh, ph_, dh, kw)
-    t0w = _first_taps(ow_, kw, sw, pw, dw, 1)
+    t0w = _first_taps(ow_, kw, sw, pw, dw, ONE)
     ninf = -np.inf
     qh_ = _buffer_rows(oh_, kh, sh, dh)
     for p in prange(p_):
         b = np.empty((sh * sw, qh_ * qw_), dtype=x.dtype)
         acc = np.empty(oh_ * qw_, dtype=x.dtype)
         tap = np.empty(oh_ * qw_, dtype=np.int32)
-        _fill_phases(xs[p], b, 0, qh_, qw_, sh, sw, ph_, pw, ninf)
-        _max_block(b, acc, tap, True, t0h, t0w, 0, oh_, kh, kw, sh, sw, dh, dw, qw_, ow_)
+        _fill_phases(xs[p], b, ZERO, qh_, qw_, sh, sw, ph_, pw, ninf)
+        _max_block(b, acc, tap, TRUE, t0h, t0w, ZERO, oh_, kh, kw, sh, sw, dh, dw, qw_, ow_)
         dxp = dxs[p]
         for k in range(h_ * w_):
             dxp[k] = 0

@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .._options import kernel, parallel_kernel
+from .._options import FALSE, ONE, TRUE, kernel, parallel_kernel
 from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
 from .._threads import get_num_threads
@@ -133,8 +133,8 @@ def _prepare_kernel(w, ap, flip, x, xp, pt, pl):
         b = t * nmb // total  # the kernel's blocks spread evenly over the tasks (the static schedule gives each
         if (t + 1) * nmb // total == b:  # thread a range of them): t is block b's if the next t has another b
             p = t - b  # else the padded copy of plane p (b blocks come before t): "direct"'s scratch fill, one phase
-            direct._fill_polyphase(xp.reshape(n_ * cx * hp * wp)[p * hp * wp:], x, p // cx, p % cx, 1, 1, 1, pt, pl,
-                                   hp, wp)
+            direct._fill_polyphase(xp.reshape(n_ * cx * hp * wp)[p * hp * wp:], x, p // cx, p % cx, ONE, ONE, ONE, pt,
+                                   pl, hp, wp)
             continue
         for c in range(c_):
             q0 = (b * c_ + c) * _MR
@@ -411,10 +411,10 @@ def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vln, vl4, g
                             jv = min(jb, nb - vl4)
                             output_tiles4(mg, m * nr + j0 + jv, s, yflat, o0 + 4 * jv, low, bv, plus)
                         done = nb
-                    _output_tiles(yflat, mg, m * nr + j0 + done, s, o0 + done * step, nb - done, step, dw, low, True,
+                    _output_tiles(yflat, mg, m * nr + j0 + done, s, o0 + done * step, nb - done, step, dw, low, TRUE,
                                   bv, plus)
                     if nb < nl:
-                        _output_tiles(yflat, mg, m * nr + j0 + nb, s, o0 + nb * step, nl - nb, step, dw, low, False,
+                        _output_tiles(yflat, mg, m * nr + j0 + nb, s, o0 + nb * step, nl - nb, step, dw, low, FALSE,
                                       bv, plus)
     return y
 
