@@ -58,7 +58,7 @@ from .._options import TRUE, kernel, parallel_kernel
 from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
 from .._threads import get_num_threads
-from ._tiles import Conv, _add, conv_of
+from ._tiles import _U, Conv, _add, conv_of
 from ._ukernel import DT as _DT
 from ._ukernel import MR as _MR
 from ._ukernel import columns, tile_dots, tile_taps
@@ -420,6 +420,9 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
     nt = offs.shape[0]
     nt8 = nt - nt % 8
     y = np.empty((n_, m_, oh_, ow_), dtype=x.dtype)
+    yf = y.reshape(n_ * m_ * oh_ * ow_)
+    plus = bias.shape[0] > 0
+    zero = x.dtype.type(0)
     for t in prange(n_ * groups * nparts):
         part = t % nparts
         r = t // nparts
@@ -452,16 +455,16 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
                     else:
                         _accumulate(acc, src, offs, w2[m], jn, TRUE)
                     for k in range(mb):
+                        bv = bias[m + k] if plus else zero
                         for i in range(nr):
-                            yr = y[n, m + k, oh0 + i]
-                            ar = acc[k * _ROW + i * wq:]
-                            if bias.shape[0] > 0:
-                                bv = bias[m + k]
+                            d = _U(((n * m_ + m + k) * oh_ + oh0 + i) * ow_)
+                            sa = _U(k * _ROW + i * wq)
+                            if plus:
                                 for o in range(ow_):
-                                    yr[o] = ar[o] + bv
+                                    yf[d + _U(o)] = acc[sa + _U(o)] + bv
                             else:
                                 for o in range(ow_):
-                                    yr[o] = ar[o]
+                                    yf[d + _U(o)] = acc[sa + _U(o)]
                     m += mb
     return y
 
