@@ -702,6 +702,46 @@ def test_warmup_compiles_every_kernel_for_each_dtype(monkeypatch):
     assert not missing, f"kernels warmup() did not call: {missing}"
 
 
+def test_kernels_pass_no_int_or_bool_literal_to_kernels():
+    """numba compiles a kernel once more for every int or bool literal another kernel passes it (``f(x, 1)`` is
+    typed ``Literal[int](1)``): 11 helpers were compiled twice in a cold warmup.  Kernels pass the typed constants
+    of ``fastconv._options`` (ZERO, ONE, TRUE, FALSE) instead.  Checked on the source, so that it does not depend
+    on what the on-disk cache let this process compile."""
+    import ast
+    import inspect
+    import textwrap
+
+    from numba.core.registry import CPUDispatcher
+
+    def resolve(node, names):
+        if isinstance(node, ast.Name):
+            return names.get(node.id)
+        if isinstance(node, ast.Attribute):  # e.g. direct._fill_polyphase
+            return getattr(resolve(node.value, names), node.attr, None)
+        return None
+
+    def literal(arg):
+        if isinstance(arg, ast.UnaryOp) and isinstance(arg.op, ast.USub):
+            arg = arg.operand
+        return isinstance(arg, ast.Constant) and isinstance(arg.value, (bool, int))
+
+    kernels, _ = _numba_kernels()
+    calls = 0
+    found = []
+    for name, disp in kernels.items():
+        func = disp.py_func
+        for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(func)))):
+            if isinstance(node, ast.Call):
+                callee = resolve(node.func, func.__globals__)
+                if isinstance(getattr(callee, "dispatcher", callee), CPUDispatcher):
+                    calls += 1
+                    args = node.args + [k.value for k in node.keywords]
+                    if any(literal(a) for a in args):
+                        found.append(f"{name}: {ast.unparse(node)}")
+    assert calls > 50  # the check sees the kernel-to-kernel calls (winograd's direct._fill_polyphase among them)
+    assert not found, f"kernel calls passing a literal: {found}"
+
+
 def test_warmup_one_dtype_and_progress_flag(capsys):
     n64 = fastconv.warmup("float64", progress=False)
     assert fastconv.warmup([np.float32, "float32"]) == n64  # deduplicated; the same calls per dtype

@@ -508,7 +508,7 @@ def _avg_fwd_kernel(x, kh, kw, sh, sw, ph_, pw, div_h, div_w, oh_, ow_, qw_, rb)
     xs = x.reshape((p_, h_, w_))
     y = np.empty((n_, c_, oh_, ow_), dtype=x.dtype)
     ys = y.reshape((p_, oh_, ow_))
-    qh_ = _buffer_rows(rb, kh, sh, 1)
+    qh_ = _buffer_rows(rb, kh, sh, ONE)
     for t in prange(p_ * nb):
         p = t // nb
         oa = (t - p * nb) * rb
@@ -561,7 +561,7 @@ def _avg_bwd_kernel(dy, h_, w_, kh, kw, sh, sw, ph_, pw, div_h, div_w, qw_):
     dys = dy.reshape((p_, oh_, ow_))
     dx = np.empty((n_, c_, h_, w_), dtype=dy.dtype)
     dxs = dx.reshape((p_, h_, w_))
-    qh_ = _buffer_rows(oh_, kh, sh, 1)
+    qh_ = _buffer_rows(oh_, kh, sh, ONE)
     n = (oh_ - 1) * qw_ + ow_
     for p in prange(p_):
         b = np.zeros((sh * sw, qh_ * qw_), dtype=dy.dtype)
