@@ -335,7 +335,7 @@ def _estimate_winograd(prim: str, cv, isz: int, threads: int) -> tuple[float, in
     mp = -(-tiled.m // MR) * MR
     macs = panels * nr * 16 * mp * tiled.c
     u_bytes = 16 * mp * tiled.c * isz  # the transformed kernel, read once per task (tasks of `group` panels)
-    tasks = -(-panels // winograd._group(tiled, isz))
+    tasks = len(winograd._bounds(tiled, isz)) - 1
     # tile rows long enough for the vector transforms (dilation 1: 2 columns per tile, whole or quarter vectors;
     # dilation 2: 4 columns per tile, half vectors)
     vector = ((tiled.dw == 1 and -(-tiled.ow // 2) >= lanes_narrow(isz))

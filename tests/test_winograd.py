@@ -56,6 +56,9 @@ CASES = {
     # columns (two for float64); then 360 tiles per image, so two chunks per block
     "filter_blocks": ((5, 40, 20, 21), (12, 40, 3, 3), dict(pad=1)),
     "filter_chunks": ((2, 8, 36, 40), (9, 8, 3, 3), dict(pad=1)),
+    # a transformed kernel past winograd._U_CACHED (one task per thread, panels split by cost) and 98 tiles: a last
+    # panel of 2 tiles, computed by the one-vector micro-kernel
+    "split_panels": ((2, 160, 14, 14), (160, 160, 3, 3), dict(pad=1)),
 }
 
 
@@ -147,7 +150,7 @@ def test_nonfinite_reaches_only_its_weight_gradients(case, value, where):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
 @pytest.mark.parametrize("case", ["same_wide_rows", "small_images", "dilated", "dilated_wide_rows", "rows_of_seven",
-                                  "filter_blocks", "filter_chunks"])
+                                  "filter_blocks", "filter_chunks", "split_panels"])
 def test_winograd_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     rng = np.random.default_rng(14)
@@ -161,3 +164,23 @@ def test_winograd_bit_identical_for_one_and_two_threads(case, restore_threads):
                    + fastconv.conv2d_backward(dy, x, w, **kw, strategy="winograd")[:2])
     for a, b in zip(*res, strict=True):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_forward_tasks_split_panels_by_cost(restore_threads):
+    """With one task per thread, a narrow last panel goes with the task that has fewer full ones: res3x3_14's 392
+    tiles (8 panels of 48 and one of 8) ran as 5 + 4 panels on two threads, the second's last mostly empty."""
+    fastconv.set_num_threads(2)
+    geom, out = conv_geometry((8, 256, 14, 14), (256, 256, 3, 3), 1, 1, 1, 1)
+    cv = winograd.conv_of((8, 256, 14, 14), (256, 256, 3, 3), geom, out[2:])
+    assert winograd._bounds(cv, 4).tolist() == [0, 4, 9]
+    for shape in [(8, 64, 56, 56), (2, 160, 14, 14), (1, 160, 3, 3), (9, 256, 14, 14)]:
+        for t in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            fastconv.set_num_threads(t)
+            geom, out = conv_geometry(shape, (shape[1], shape[1], 3, 3), 1, 1, 1, 1)
+            cv = winograd.conv_of(shape, (shape[1], shape[1], 3, 3), geom, out[2:])
+            b = winograd._bounds(cv, 4)
+            npan = -(-shape[0] * 7 * 7 // 48) if shape[2] == 14 else None
+            assert b[0] == 0 and np.all(np.diff(b) > 0), (shape, t, b)
+            if npan is not None:
+                assert b[-1] == npan, (shape, t, b)

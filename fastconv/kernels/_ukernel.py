@@ -89,11 +89,11 @@ def columns(itemsize: int) -> int:
     return NV * lanes(itemsize)
 
 
-def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0, strided: bool = False):
+def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0, strided: bool = False, ldc: int = 0):
     """LLVM IR builder of :func:`tile_taps` (``mr`` x ``nv`` vector accumulators; 0: ``MR`` / ``NV``), or with
-    ``strided`` of :func:`tile_taps_lda`."""
+    ``strided`` of :func:`tile_taps_lda`; rows of ``ct`` ``ldc`` elements apart (0: ``nv * width``)."""
     MR_, NV_ = mr or MR, nv or NV
-    nr = NV_ * width
+    nr = ldc or NV_ * width
 
     def codegen(context, builder, signature, args):
         if strided:
@@ -171,6 +171,17 @@ def tile_taps(typingctx, ap, s, base, offs, ct, kc, accumulate):
     if isz is None or not isinstance(offs, types.Array):
         return None
     return types.void(ap, s, base, offs, ct, kc, accumulate), _codegen(lanes(isz), isz)
+
+
+@intrinsic
+def tile_taps_narrow(typingctx, ap, s, base, offs, ct, kc, accumulate):
+    """:func:`tile_taps` for the first ``lanes(itemsize)`` of its ``NR`` columns only (one vector per output channel;
+    ``ct``'s rows still ``NR`` apart): for a last panel that holds at most one vector of columns, a third of the
+    work.  The sums are the same, tap by tap."""
+    isz = _float_arrays(ap, s, ct)
+    if isz is None or not isinstance(offs, types.Array):
+        return None
+    return types.void(ap, s, base, offs, ct, kc, accumulate), _codegen(lanes(isz), isz, nv=1, ldc=columns(isz))
 
 
 #: Vectors of output columns per :func:`tile_taps_lda` call (two: its user, Winograd's weight gradient, has
