@@ -56,6 +56,9 @@ CASES = {
     "same_width_one_column": ((2, 1, 5, 1), (1, 1, 1, 3), dict(pad=2, dilation=(1, 2))),
     "same_width_reach_beyond": ((2, 2, 6, 2), (3, 2, 3, 3), dict(pad=3, dilation=3)),
     "grouped_cg2": ((2, 4, 8, 9), (6, 2, 3, 3), dict(pad=1, groups=2)),
+    # same width, two input planes per group, a 5x5 kernel dilated along the columns with unequal pads: the border
+    # columns read six input columns of each plane (copied once per task), three on each side
+    "same_width_wide_dilated": ((2, 4, 9, 12), (6, 2, 5, 5), dict(pad=((1, 3), (3, 5)), dilation=(1, 2), groups=2)),
     "lenet1_like": ((3, 1, 12, 11), (4, 1, 5, 5), dict()),
     "lenet1_like_dilated": ((2, 1, 12, 11), (3, 1, 3, 2), dict(dilation=(2, 3))),
     "stem_like": ((2, 3, 17, 16), (5, 3, 7, 7), dict(stride=2, pad=3)),
