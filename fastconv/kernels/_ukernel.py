@@ -447,3 +447,25 @@ output_tiles_narrow = _transform_intrinsic("output_tiles_narrow", _output16_code
 #: (dilation 2): writes ``y[yo + 4 j + 2 v]`` (and ``low`` below) only, under a mask.
 output_tiles4 = _transform_intrinsic("output_tiles4", _output16_codegen, (0, 3), lanes4, 4,
                                      "lanes4 tiles four columns apart, output columns two apart")
+
+
+# --------------------------------------------------------------------------- vector width of compiled loops
+
+
+def _wide_codegen(context, builder, signature, args):
+    if VECTOR_BITS == 512:
+        # llvmlite's attribute set accepts only flag attributes; LLVM reads this string attribute as clang's
+        # -mprefer-vector-width=512 (set.add: past llvmlite's check of known flag names)
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+    return context.get_dummy_value()
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Let LLVM vectorise the calling kernel's loops with 512-bit vectors where the CPU has them.
+
+    LLVM's loop vectoriser prefers 256-bit vectors on AVX-512 CPUs (its tuning for Skylake-X and later,
+    which clang overrides with ``-mprefer-vector-width=512``): "direct"'s loop kernels then ran at half the
+    machine's multiply-add width.  The function attribute applies to the kernel it is called in (a callee
+    is optimised on its own before it is inlined)."""
+    return types.void(), _wide_codegen

@@ -61,7 +61,7 @@ from .._threads import get_num_threads
 from ._tiles import _U, Conv, _add, conv_of
 from ._ukernel import DT as _DT
 from ._ukernel import MR as _MR
-from ._ukernel import columns, tile_dots, tile_taps
+from ._ukernel import columns, tile_dots, tile_taps, wide_vectors
 
 #: Elements of one accumulation run (rows of output are grouped into runs of about this length).
 _RUN = 4096
@@ -119,6 +119,7 @@ def _bias_or_empty(bias: np.ndarray | None, dtype) -> np.ndarray:
 def _accumulate(dst, src, offs, wv, n, init):
     """``dst[:n] (= if init else +=) sum_t wv[t] * src[offs[t]:offs[t] + n]``, eight taps per pass (nine when
     exactly nine are left: a 3x3 kernel in one pass)."""
+    wide_vectors()
     nt = offs.shape[0]
     t = 0
     first = init
@@ -211,6 +212,7 @@ def _pass4(acc, src, offs, w4, t, n, init):
 
     Each shifted load of ``src`` feeds four FMAs (the rows' constant distance lets LLVM vectorise).
     """
+    wide_vectors()
     a0 = src[offs[t]:]
     a1 = src[offs[t + 1]:]
     a2 = src[offs[t + 2]:]
