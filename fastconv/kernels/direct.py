@@ -457,6 +457,7 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
     plus = bias.shape[0] > 0
     zero = x.dtype.type(0)
     for t in prange(n_ * groups * nparts):
+        wide_vectors()
         part = t % nparts
         r = t // nparts
         g = r % groups
