@@ -84,6 +84,9 @@ CASES = {
     "ukernel_stride2_5x5": ((2, 4, 15, 14), (12, 4, 5, 5), dict(stride=2, pad=2)),
     "ukernel_grouped": ((2, 16, 9, 9), (16, 8, 3, 3), dict(pad=1, groups=2)),
     "ukernel_tall": ((1, 8, 40, 9), (8, 8, 3, 3), dict(pad=1)),
+    # a last block of at most MR / 4 output channels: the micro-kernel on those only (tile_taps_few)
+    "ukernel_last_block_few": ((2, 8, 9, 10), (10, 8, 3, 3), dict(pad=1)),
+    "ukernel_grouped_last_one": ((2, 12, 7, 9), (18, 6, 3, 3), dict(pad=1, groups=2)),
     # many channels: backward_data by the adjoint forward at every vector width (Z = Wᵀ dy would do as many
     # multiply-adds, plus its additions)
     "ukernel_many_channels": ((1, 64, 10, 10), (64, 64, 3, 3), dict(pad=1)),

@@ -89,9 +89,11 @@ def columns(itemsize: int) -> int:
     return NV * lanes(itemsize)
 
 
-def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0, strided: bool = False, ldc: int = 0):
+def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0, strided: bool = False, ldc: int = 0,
+             tap_stride: int = 0):
     """LLVM IR builder of :func:`tile_taps` (``mr`` x ``nv`` vector accumulators; 0: ``MR`` / ``NV``), or with
-    ``strided`` of :func:`tile_taps_lda`; rows of ``ct`` ``ldc`` elements apart (0: ``nv * width``)."""
+    ``strided`` of :func:`tile_taps_lda`; rows of ``ct`` ``ldc`` elements apart (0: ``nv * width``), taps of
+    ``ap`` ``tap_stride`` elements apart (0: ``mr``; a constant, unlike ``strided``'s argument)."""
     MR_, NV_ = mr or MR, nv or NV
     nr = ldc or NV_ * width
 
@@ -134,7 +136,7 @@ def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0, strided: bool = Fal
             for v in range(NV_):
                 pv = builder.gep(b, [builder.add(start, ir.Constant(i64, v * width))])
                 cols.append(builder.load(builder.bitcast(pv, vptr), align=isz))
-            arow = builder.mul(k, lda_v if strided else ir.Constant(i64, MR_))
+            arow = builder.mul(k, lda_v if strided else ir.Constant(i64, tap_stride or MR_))
             for r in range(MR_):
                 w = builder.load(builder.gep(a, [builder.add(arow, ir.Constant(i64, r))]))
                 wv = builder.shuffle_vector(builder.insert_element(undef, w, ir.Constant(ir.IntType(32), 0)), undef,
@@ -182,6 +184,22 @@ def tile_taps_narrow(typingctx, ap, s, base, offs, ct, kc, accumulate):
     if isz is None or not isinstance(offs, types.Array):
         return None
     return types.void(ap, s, base, offs, ct, kc, accumulate), _codegen(lanes(isz), isz, nv=1, ldc=columns(isz))
+
+
+#: Output channels of :func:`tile_taps_few`: a last block of at most this many of the ``MR`` runs this many rows.
+MR_FEW = max(1, MR // 4)
+
+
+@intrinsic
+def tile_taps_few(typingctx, ap, s, base, offs, ct, kc, accumulate):
+    """:func:`tile_taps` for the first ``MR_FEW`` of its ``MR`` output channels only (``ap`` still holds ``MR``
+    weights per tap): for a last block of channels holding at most that many (lenet2's 50 channels: six blocks
+    of 8 and one of 2), a quarter of the work.  The sums are the same, tap by tap."""
+    isz = _float_arrays(ap, s, ct)
+    if isz is None or not isinstance(offs, types.Array):
+        return None
+    return (types.void(ap, s, base, offs, ct, kc, accumulate),
+            _codegen(lanes(isz), isz, mr=MR_FEW, tap_stride=MR))
 
 
 #: Vectors of output columns per :func:`tile_taps_lda` call (two: its user, Winograd's weight gradient, has

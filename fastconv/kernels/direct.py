@@ -61,7 +61,8 @@ from .._threads import get_num_threads
 from ._tiles import _U, Conv, _add, conv_of
 from ._ukernel import DT as _DT
 from ._ukernel import MR as _MR
-from ._ukernel import columns, tile_dots, tile_taps, wide_vectors
+from ._ukernel import MR_FEW as _MR_FEW
+from ._ukernel import columns, tile_dots, tile_taps, tile_taps_few, wide_vectors
 
 #: Elements of one accumulation run (rows of output are grouped into runs of about this length).
 _RUN = 4096
@@ -569,7 +570,10 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
                     j0 = pp * nr
                     j1 = min(j0 + nr, jn)
                     js = min(j0, jn - nr) if unpadded and jn >= nr else j0
-                    tile_taps(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
+                    if mg - b * _MR <= _MR_FEW:  # a last block of few channels: those only
+                        tile_taps_few(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
+                    else:
+                        tile_taps(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
                     for rr in range(j0 // wq, (j1 - 1) // wq + 1) if wq > ow_ else range(j0 // wq, j0 // wq + 1):
                         lo = max(j0, rr * wq)  # the valid columns out, row by row (no junk columns: as one run)
                         hi = min(j1, rr * wq + ow_) if wq > ow_ else j1
