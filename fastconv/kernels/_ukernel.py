@@ -25,7 +25,11 @@ The other intrinsics here, likewise explicit vector code:
 * :func:`tile_dots` -- ``DR x DT`` dot products (four ``dy`` rows x six shifted scratch rows,
   "direct"'s weight gradient), vector accumulators summed over the lanes in a fixed order;
 * :func:`input_tiles` / :func:`output_tiles` -- "winograd"'s input and output transforms of
-  ``lanes`` tiles two columns apart (even and odd lanes split / interleaved by shuffles).
+  ``lanes`` tiles two columns apart (even and odd lanes split / interleaved by shuffles);
+* :func:`tile_taps_narrow` / :func:`tile_taps_few` -- :func:`tile_taps` on one vector of columns / on
+  ``MR_FEW`` output channels (a last panel or block that holds no more);
+* :func:`wide_vectors` -- the function attribute that lets LLVM vectorise a kernel's own loops with
+  512-bit vectors (it prefers 256-bit ones on AVX-512 CPUs).
 
 numba's disk cache keys a kernel by its own source file only: after editing this module, clear the cache
 (``__pycache__/*.nbi``/``*.nbc`` under ``fastconv/kernels`` or ``NUMBA_CACHE_DIR``), or kernels compiled
@@ -179,7 +183,7 @@ def tile_taps(typingctx, ap, s, base, offs, ct, kc, accumulate):
 def tile_taps_narrow(typingctx, ap, s, base, offs, ct, kc, accumulate):
     """:func:`tile_taps` for the first ``lanes(itemsize)`` of its ``NR`` columns only (one vector per output channel;
     ``ct``'s rows still ``NR`` apart): for a last panel that holds at most one vector of columns, a third of the
-    work.  The sums are the same, tap by tap."""
+    multiply-adds.  The sums are the same, tap by tap."""
     isz = _float_arrays(ap, s, ct)
     if isz is None or not isinstance(offs, types.Array):
         return None
@@ -194,7 +198,7 @@ MR_FEW = max(1, MR // 4)
 def tile_taps_few(typingctx, ap, s, base, offs, ct, kc, accumulate):
     """:func:`tile_taps` for the first ``MR_FEW`` of its ``MR`` output channels only (``ap`` still holds ``MR``
     weights per tap): for a last block of channels holding at most that many (lenet2's 50 channels: six blocks
-    of 8 and one of 2), a quarter of the work.  The sums are the same, tap by tap."""
+    of 8 and one of 2), a quarter of the multiply-adds.  The sums are the same, tap by tap."""
     isz = _float_arrays(ap, s, ct)
     if isz is None or not isinstance(offs, types.Array):
         return None

@@ -340,11 +340,12 @@ def _segments(p, seg, out, total, nr, per_img, tw_, cnt_, c_, m_, plane, wp, hw,
 
 @parallel_kernel
 def _forward_kernel(xp, ap, m_, dh, dw, oh_, ow_, th_, cnt_, nr, vl, vln, vl4, bounds, flags, bias):
-    """One task per ``group`` consecutive panels of ``nr`` tiles.  Tiles are numbered by image, tile row, column
-    phase (``ox % dw``) and index, so that runs of them (segments, one image, tile row and phase) lie ``2 * dw``
-    columns apart.  A task transforms its panels' inputs, then runs the 16 products position by position, each
-    block of the transformed kernel against every panel of the group (so a large kernel is read once per group,
-    not per panel), then transforms the outputs back, adding ``bias`` (empty: none) as they are stored."""
+    """One task per range of panels of ``nr`` tiles (``bounds[t]:bounds[t + 1]``, :func:`_bounds`).  Tiles are
+    numbered by image, tile row, column phase (``ox % dw``) and index, so that runs of them (segments, one image,
+    tile row and phase) lie ``2 * dw`` columns apart.  A task transforms its panels' inputs, then runs the 16
+    products position by position, each block of the transformed kernel against every panel of the task (so a
+    large kernel is read once per task, not per panel), then transforms the outputs back, adding ``bias``
+    (empty: none) as they are stored."""
     n_, c_, hp, wp = xp.shape
     nmb = (ap.shape[1] - _UPAD) // (c_ * _MR)
     mp = nmb * _MR
@@ -450,7 +451,7 @@ def _bounds(cv: Conv, isz: int) -> np.ndarray:
     :func:`_group` says so; else its number of tasks (one per thread) with the panels split by their cost, a last
     panel of at most one vector of tiles (:func:`._ukernel.tile_taps_narrow`) counting as that share of a panel.
     res3x3_14 (392 tiles: 8 panels and 8 tiles) ran its 9 panels as 5 + 4 on two threads; now 4 + 5, the
-    second's last a narrow one: forward 4.05-4.4 -> ~3.6 ms."""
+    second's last a narrow one: forward 4.14-4.75 -> 3.90-3.98 ms (alternating processes)."""
     nr = columns(isz)
     tiles = cv.n * _tiles_of(cv.oh, cv.dh) * _tiles_of(cv.ow, cv.dw)
     npan = -(-tiles // nr)
