@@ -87,6 +87,7 @@ CASES = {
     # a last block of at most MR / 4 output channels: the micro-kernel on those only (tile_taps_few)
     "ukernel_last_block_few": ((2, 8, 9, 10), (10, 8, 3, 3), dict(pad=1)),
     "ukernel_grouped_last_one": ((2, 12, 7, 9), (18, 6, 3, 3), dict(pad=1, groups=2)),
+    "ukernel_last_one_every_width": ((2, 8, 7, 8), (25, 8, 3, 3), dict(pad=1)),  # 25 = 3*8 + 1 = 4*6 + 1 = 6*4 + 1
     # many channels: backward_data by the adjoint forward at every vector width (Z = Wᵀ dy would do as many
     # multiply-adds, plus its additions)
     "ukernel_many_channels": ((1, 64, 10, 10), (64, 64, 3, 3), dict(pad=1)),
