@@ -363,7 +363,7 @@ def _estimate_direct(prim: str, cv, isz: int, threads: int) -> tuple[float, int,
         t = direct.data_gemm_macs(cv, isz) / (TILE_RATE * 4 / isz) + adds / DATA_ADD_RATE + operands / DIRECT_BW
         return t / max(1, min(threads, n)), useful, "Z = Wᵀ·dy by the micro-kernel, each tap added where it lands"
     tiled = cv if prim == "forward" else direct._adjoint(cv) if prim == "backward_data" else None
-    if tiled is not None and direct._use_tiles(tiled):
+    if tiled is not None and direct._use_tiles(tiled, isz):
         rows = direct._tiles_plan(tiled, isz)[0]
         tasks = tiled.n * tiled.g * -(-tiled.oh // rows)
         t = direct.tiles_macs(tiled, isz) / (TILE_RATE * 4 / isz) + operands / DIRECT_BW

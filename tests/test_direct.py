@@ -103,13 +103,25 @@ CASES = {
     # stride-1 backward_data as Z = Wᵀ dy by the micro-kernel, each tap's Z added where it lands: one input
     # channel (the adjoint forward has too few output channels for the micro-kernel, at every vector width), a
     # lenet2-like layer (far fewer multiply-adds than the adjoint forward), pads (taps whose columns land partly
-    # outside: row by row), dilation with asymmetric pads, taps off the MR blocks, more pixels than one panel
+    # outside: row by row), dilation with asymmetric pads (three input channels, which the adjoint forward would
+    # round up to a block of MR), taps off the MR blocks, more pixels than one panel
     "data_gemm_one_channel": ((2, 1, 12, 11), (10, 1, 5, 5), dict()),
     "data_gemm_lenet2_like": ((2, 6, 12, 12), (9, 6, 5, 5), dict()),
     "data_gemm_padded": ((2, 1, 9, 10), (6, 1, 3, 3), dict(pad=1)),
-    "data_gemm_dilated_asymmetric": ((1, 4, 11, 13), (5, 4, 3, 3), dict(pad=((2, 0), (1, 3)), dilation=2)),
+    "data_gemm_dilated_asymmetric": ((1, 3, 11, 13), (5, 3, 3, 3), dict(pad=((2, 0), (1, 3)), dilation=2)),
+    # the micro-kernel forward over the column-shifted scratch (rows OW long, KW copies per channel), which the
+    # layout takes where the polyphase rows would hold >= 10 % junk columns and few taps: one channel (16-31 taps
+    # run the micro-kernel only there), a last panel of one vector and a last block of one channel, stride 2 with
+    # row phases, dilation with asymmetric pads (copies cut at both ends), groups with rows split between tasks
+    "shifted_lenet1_like": ((3, 1, 12, 11), (8, 1, 5, 5), dict()),
+    "shifted_lenet2_like": ((2, 6, 12, 12), (9, 6, 5, 5), dict()),
+    "shifted_stride2_padded": ((2, 3, 15, 13), (8, 3, 5, 5), dict(stride=2, pad=2)),
+    "shifted_dilated_asymmetric": ((2, 2, 11, 12), (6, 2, 3, 3), dict(pad=((2, 1), (0, 2)), dilation=2)),
+    "shifted_grouped": ((2, 8, 10, 9), (8, 4, 3, 3), dict(pad=1, groups=2)),
+    "shifted_tall": ((1, 4, 30, 9), (8, 4, 3, 3), dict(pad=1)),
 }
 UKERNEL = [c for c in CASES if c.startswith("ukernel")]
+SHIFTED = [c for c in CASES if c.startswith("shifted")]
 FILTER_GEMM = [c for c in CASES if c.startswith("filter_gemm")]
 DATA_GEMM = [c for c in CASES if c.startswith("data_gemm")]
 
@@ -197,6 +209,82 @@ def test_micro_kernel_paths_are_taken(case):
     # backward_filter: GEMMs on channel-last copies, except grouped (float64: at most 24 columns per panel, so
     # the other cases' KW*C of 18-40 fill at least 0.75 of their panels at every vector width)
     assert calls[2] == (direct._backward_filter_kernel if "grouped" in case else direct._filter_gemm_kernel)
+
+
+def _geometry(case):
+    xs, ws, kw = CASES[case]
+    geom, out = conv_geometry(xs, ws, kw.get("stride", 1), kw.get("pad", 0), kw.get("dilation", 1),
+                              kw.get("groups", 1))
+    return direct.conv_of(xs, ws, geom, out[2:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", SHIFTED)
+def test_shifted_layout_is_taken(case, dtype):
+    """The shifted cases run the micro-kernel forward over the column-shifted scratch at either precision (the
+    polyphase one's rows would hold >= 10 % junk columns; few taps), and their last panels and blocks are the
+    partial ones the cases describe."""
+    cv = _geometry(case)
+    isz = np.dtype(dtype).itemsize
+    assert direct._layout(cv, isz) == (cv.kw, cv.ow)
+    assert direct._use_tiles(cv, isz)
+    xs, ws, kw = CASES[case]
+    _, calls = launched_kernels(lambda: fastconv.conv2d(np.ones(xs, dtype), np.ones(ws, dtype), **kw,
+                                                        strategy="direct"))
+    assert calls == [direct._forward_tiles_kernel]
+    if isz == 4:
+        lanes = _ukernel.lanes(4)
+        if case == "shifted_lenet2_like":  # 64 columns: a last panel of one vector (at 256 bits: two full)
+            assert cv.oh * cv.ow % direct._NR32 <= lanes
+
+
+@pytest.fixture
+def scratch_layout(monkeypatch):
+    """``force(shifted)``: make :func:`direct._layout` take the column-shifted (or the polyphase) scratch for every
+    shape; the cached task plans, which depend on it, are cleared before and after."""
+    def force(shifted: bool) -> None:
+        monkeypatch.setattr(direct, "_SHIFT_JUNK", 0.0 if shifted else 2.0)
+        monkeypatch.setattr(direct, "_SHIFT_BYTES", 1 << 60 if shifted else 0)
+        direct._tiles_plan_for.cache_clear()
+
+    yield force
+    monkeypatch.undo()
+    direct._tiles_plan_for.cache_clear()
+
+
+@pytest.mark.parametrize("rows", [1, 5, 10])
+def test_shifted_layout_rows_split_between_tasks(rows, monkeypatch):
+    """A task's scratch bound to at most ``rows`` output rows (plus the kernel's reach): the tasks' copies start at
+    their own padded rows, the first and last tasks' reach into the padding."""
+    cv = _geometry("shifted_tall")
+    per_row = cv.cg * cv.kw * cv.ow * 4
+    monkeypatch.setattr(direct, "_SCRATCH_L2", (rows + cv.kh - 1) * per_row)
+    direct._tiles_plan_for.cache_clear()
+    try:
+        r, hq = direct._tiles_plan(cv, 4)
+        assert r <= rows and hq == r + cv.kh - 1
+        xs, ws, kw = CASES["shifted_tall"]
+        assert_conv2d_matches_reference("direct", xs, ws, kw, np.float32, seed=8, what=f"rows={rows}")
+    finally:
+        monkeypatch.undo()
+        direct._tiles_plan_for.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shifted", [True, False])
+@pytest.mark.parametrize("case", [*UKERNEL, *SHIFTED])
+def test_micro_kernel_forward_in_either_layout(case, shifted, dtype, scratch_layout):
+    """Every micro-kernel case in the column-shifted scratch (rows with no junk columns, never in place) and in
+    the polyphase one (junk columns), forward and the adjoint backward_data, against the reference."""
+    scratch_layout(shifted)
+    cv = _geometry(case)
+    isz = np.dtype(dtype).itemsize
+    if not direct._use_tiles(cv, isz):
+        pytest.skip("too few taps for the micro-kernel over the polyphase scratch")
+    assert direct._layout(cv, isz)[0] == (cv.kw if shifted and direct._blocks(cv.kw, cv.dw, cv.sw, cv.pl,
+                                                                                   cv.ow)[1] > cv.ow else 0)
+    xs, ws, kw = CASES[case]
+    assert_conv2d_matches_reference("direct", xs, ws, kw, dtype, seed=7, what=f"{case} shifted={shifted}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -328,7 +416,8 @@ def test_backward_filter_junk_columns_never_touch_nonfinite_input(value, where):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
 @pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2",
-                                  "ukernel_3x3_pad1", "ukernel_1x1_in_place", "ukernel_tall", *FILTER_GEMM, *DATA_GEMM])
+                                  "ukernel_3x3_pad1", "ukernel_1x1_in_place", "ukernel_tall", *FILTER_GEMM, *DATA_GEMM,
+                                  "shifted_lenet2_like", "shifted_tall"])
 def test_direct_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     xs = (9,) + xs[1:]  # more images than _NBLOCKS: backward_filter's image blocks hold several

@@ -28,6 +28,7 @@ The other intrinsics here, likewise explicit vector code:
   ``lanes`` tiles two columns apart (even and odd lanes split / interleaved by shuffles);
 * :func:`tile_taps_narrow` / :func:`tile_taps_few` -- :func:`tile_taps` on one vector of columns / on
   ``MR_FEW`` output channels (a last panel or block that holds no more);
+* :func:`tile_taps_out` -- :func:`tile_taps` storing into the output planes (plus the bias), no tile buffer;
 * :func:`wide_vectors` -- the function attribute that lets LLVM vectorise a kernel's own loops with
   512-bit vectors (it prefers 256-bit ones on AVX-512 CPUs).
 
@@ -94,24 +95,28 @@ def columns(itemsize: int) -> int:
 
 
 def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0, strided: bool = False, ldc: int = 0,
-             tap_stride: int = 0):
+             tap_stride: int = 0, out: bool = False):
     """LLVM IR builder of :func:`tile_taps` (``mr`` x ``nv`` vector accumulators; 0: ``MR`` / ``NV``), or with
-    ``strided`` of :func:`tile_taps_lda`; rows of ``ct`` ``ldc`` elements apart (0: ``nv * width``), taps of
-    ``ap`` ``tap_stride`` elements apart (0: ``mr``; a constant, unlike ``strided``'s argument)."""
+    ``strided`` of :func:`tile_taps_lda`, or with ``out`` of :func:`tile_taps_out`; rows of ``ct`` ``ldc`` elements
+    apart (0: ``nv * width``), taps of ``ap`` ``tap_stride`` elements apart (0: ``mr``; a constant, unlike
+    ``strided``'s argument)."""
     MR_, NV_ = mr or MR, nv or NV
     nr = ldc or NV_ * width
 
     def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
         if strided:
             ap, lda, bp, base, offs, ct, kc, accumulate = args
             tap, tlda, tbp, tbase, toffs, tct, tkc, tacc = signature.args
+        elif out:
+            ap, bp, base, offs, ct, c0, ldy, bias, b0, plus, kc = args
+            tap, tbp, tbase, toffs, tct, tc0, tldy, tbias, tb0, tplus, tkc = signature.args
         else:
             ap, bp, base, offs, ct, kc, accumulate = args
             tap, tbp, tbase, toffs, tct, tkc, tacc = signature.args
         fty = context.get_value_type(tap.dtype)
         vty = ir.VectorType(fty, width)
         vptr = vty.as_pointer()
-        i64 = ir.IntType(64)
         a = context.make_array(tap)(context, builder, ap).data
         b = context.make_array(tbp)(context, builder, bp).data
         c = context.make_array(tct)(context, builder, ct).data
@@ -122,15 +127,24 @@ def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0, strided: bool = Fal
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
                                              f"llvm.fma.v{width}{fty.intrinsic_name}")
         accs = [cgutils.alloca_once(builder, vty) for _ in range(MR_ * NV_)]
-        cptrs = [builder.bitcast(builder.gep(c, [ir.Constant(i64, (i // NV_) * nr + (i % NV_) * width)]), vptr)
-                 for i in range(MR_ * NV_)]
-        with builder.if_else(context.cast(builder, accumulate, tacc, types.boolean)) as (then, otherwise):
-            with then:
-                for p, q in zip(accs, cptrs, strict=True):
-                    builder.store(builder.load(q, align=isz), p)
-            with otherwise:
-                for p in accs:
-                    builder.store(ir.Constant(vty, None), p)
+        if out:  # rows ldy apart from c0, run-time values
+            c = builder.gep(c, [context.cast(builder, c0, tc0, types.int64)])
+            ldy_v = context.cast(builder, ldy, tldy, types.int64)
+            cptrs = [builder.bitcast(builder.gep(c, [builder.add(builder.mul(ir.Constant(i64, i // NV_), ldy_v),
+                                                                 ir.Constant(i64, (i % NV_) * width))]), vptr)
+                     for i in range(MR_ * NV_)]
+            for p in accs:
+                builder.store(ir.Constant(vty, None), p)
+        else:
+            cptrs = [builder.bitcast(builder.gep(c, [ir.Constant(i64, (i // NV_) * nr + (i % NV_) * width)]), vptr)
+                     for i in range(MR_ * NV_)]
+            with builder.if_else(context.cast(builder, accumulate, tacc, types.boolean)) as (then, otherwise):
+                with then:
+                    for p, q in zip(accs, cptrs, strict=True):
+                        builder.store(builder.load(q, align=isz), p)
+                with otherwise:
+                    for p in accs:
+                        builder.store(ir.Constant(vty, None), p)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
         undef = ir.Constant(vty, ir.Undefined)
         with cgutils.for_range(builder, n) as loop:
@@ -148,6 +162,17 @@ def _codegen(width: int, isz: int, mr: int = 0, nv: int = 0, strided: bool = Fal
                 for v in range(NV_):
                     p = accs[r * NV_ + v]
                     builder.store(builder.call(fma, [wv, cols[v], builder.load(p)]), p)
+        if out:  # + bias[b0 + r] when plus (an addition, as the copy-out would make it)
+            bias_p = context.make_array(tbias)(context, builder, bias).data
+            bias_p = builder.gep(bias_p, [context.cast(builder, b0, tb0, types.int64)])
+            with builder.if_then(context.cast(builder, plus, tplus, types.boolean)):
+                for r in range(MR_):
+                    bv = builder.load(builder.gep(bias_p, [ir.Constant(i64, r)]))
+                    bvv = builder.shuffle_vector(builder.insert_element(undef, bv, ir.Constant(ir.IntType(32), 0)),
+                                                 undef, splat)
+                    for v in range(NV_):
+                        p = accs[r * NV_ + v]
+                        builder.store(builder.fadd(builder.load(p), bvv), p)
         for p, q in zip(accs, cptrs, strict=True):
             builder.store(builder.load(p), q, align=isz)
         return context.get_dummy_value()
@@ -188,6 +213,19 @@ def tile_taps_narrow(typingctx, ap, s, base, offs, ct, kc, accumulate):
     if isz is None or not isinstance(offs, types.Array):
         return None
     return types.void(ap, s, base, offs, ct, kc, accumulate), _codegen(lanes(isz), isz, nv=1, ldc=columns(isz))
+
+
+@intrinsic
+def tile_taps_out(typingctx, ap, s, base, offs, y, c0, ldy, bias, b0, plus, kc):
+    """:func:`tile_taps` storing its sums straight into the output, plus the bias:
+    ``y[c0 + r*ldy + j] = sum_{k < kc} ap[k*MR + r] * s[base + offs[k] + j] (+ bias[b0 + r] if plus)``, for a
+    full block of ``MR`` channels whose ``NR`` columns are one run of each channel's output plane (``ldy``
+    elements apart): no tile buffer to copy out.  The sums are the same, tap by tap, then the bias."""
+    isz = _float_arrays(ap, s, y, bias)
+    if isz is None or not isinstance(offs, types.Array):
+        return None
+    return (types.void(ap, s, base, offs, y, c0, ldy, bias, b0, plus, kc),
+            _codegen(lanes(isz), isz, out=True))
 
 
 #: Output channels of :func:`tile_taps_few`: a last block of at most this many of the ``MR`` runs this many rows.

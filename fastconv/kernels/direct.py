@@ -16,11 +16,14 @@ constant ``_ROW`` apart, which lets LLVM vectorise the four streams), so each sh
 load feeds four FMAs.  No padded copy of the whole input is made, and every output
 element is written exactly once by one task.
 
-* forward: with at least ``MR / 2`` output channels per group and 8 taps, the register-blocked
-  micro-kernel (:mod:`._ukernel`, :func:`_forward_tiles_kernel`): one task per (image, group,
-  chunk of output rows); ``MR`` output channels x ``NR`` consecutive columns of the scratch's
-  rows accumulate in vector registers over every tap, then the valid columns are copied out
-  (stride 1 without padding reads the input planes in place; 1x1 kernels pack their panels first).
+* forward: with at least ``MR / 2`` output channels per group and 32 taps (16 over the column-shifted
+  scratch), the register-blocked micro-kernel (:mod:`._ukernel`, :func:`_forward_tiles_kernel`): one task
+  per (image, group, chunk of output rows); ``MR`` output channels x ``NR`` consecutive columns of the
+  scratch's rows accumulate in vector registers over every tap, then the valid columns are copied out, or
+  stored straight into the output where they are one run of each plane (stride 1 without padding reads
+  the input planes in place; 1x1 kernels pack their panels first).  Where the polyphase rows would hold
+  many junk columns and the taps are few (lenet1, lenet2), the scratch holds ``KW`` column-shifted copies
+  of each channel instead (:func:`_fill_shifted`): rows exactly ``OW`` long, no junk columns.
   Otherwise one task per (image, group, part of the group's output channels) with :func:`_accumulate` /
   :func:`_pass4`.  Stride 1 with output rows as long as the input rows (depthwise 3x3 "same") runs
   straight from the input planes into the output (:func:`_same_width_kernel`; border rows and columns
@@ -58,11 +61,12 @@ from .._options import TRUE, kernel, parallel_kernel
 from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
 from .._threads import get_num_threads
-from ._tiles import _U, Conv, _add, conv_of
+from ._tiles import _U, Conv, _add, _valid_cols, conv_of
 from ._ukernel import DT as _DT
 from ._ukernel import MR as _MR
 from ._ukernel import MR_FEW as _MR_FEW
-from ._ukernel import columns, tile_dots, tile_taps, tile_taps_few, wide_vectors
+from ._ukernel import NV as _NV
+from ._ukernel import columns, tile_dots, tile_taps, tile_taps_few, tile_taps_narrow, tile_taps_out, wide_vectors
 
 #: Elements of one accumulation run (rows of output are grouped into runs of about this length).
 _RUN = 4096
@@ -419,6 +423,43 @@ def _fill_polyphase(s, x, n, c0, cg, sh, sw, pt, pl, hq, wq):
                         row[q] = zero
 
 
+@kernel
+def _fill_shifted(s, x, n, c0, cg, kw_, sh, sw, dw, pt, pl, hq, ow_):
+    """Channels ``c0:c0+cg`` of image ``n``, zero-padded by (pt, pl), as ``kw_`` column-shifted copies per
+    channel, each split into ``sh`` row phases of ``hq x ow_``: ``s[((c*kw_ + k)*sh + a)*hq*ow_ + r*ow_ + o]``
+    holds padded pixel ``(r*sh + a, o*sw + k*dw)`` (tap column ``k``'s input for output column ``o``).
+
+    Flat indices (unsigned): written with slices and the strides unknown at compile time, the loops ran
+    6-8x slower on lenet2's rows of 8 (0.93 against 0.12 ms for its 64 images)."""
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    xf = x.reshape(x.size)
+    zero = s.dtype.type(0)
+    for c in range(cg):
+        for k in range(kw_):
+            lo, hi = _valid_cols(w_, ow_, sw, k * dw - pl)
+            for a in range(sh):
+                base = ((c * kw_ + k) * sh + a) * hq * ow_
+                for r in range(hq):
+                    d = _U(base + r * ow_)
+                    ih = r * sh + a - pt
+                    if ih < 0 or ih >= h_:
+                        for o in range(ow_):
+                            s[d + _U(o)] = zero
+                        continue
+                    for o in range(lo):
+                        s[d + _U(o)] = zero
+                    src = _U(((n * c_ + c0 + c) * h_ + ih) * w_ + lo * sw + k * dw - pl)
+                    dl = d + _U(lo)
+                    if sw == 1:
+                        for o in range(hi - lo):
+                            s[dl + _U(o)] = xf[src + _U(o)]
+                    else:
+                        for o in range(hi - lo):
+                            s[dl + _U(o)] = xf[src + _U(o * sw)]
+                    for o in range(hi, ow_):
+                        s[d + _U(o)] = zero
+
+
 # --------------------------------------------------------------------------- forward
 
 
@@ -506,7 +547,7 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
 
 @parallel_kernel
 def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, unpadded, nr, gpan,
-                          bias):
+                          copies, dw, bias):
     """Forward by the register-blocked micro-kernel :func:`._ukernel.tile_taps`.
 
     One task per (image, group, chunk of ``rows`` output rows): the task fills the polyphase
@@ -520,15 +561,21 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
     panel before it, with the same values).  ``bias`` (empty: none) is added as the outputs are
     copied out.  With ``gpan > 0`` (1x1 kernels, :func:`_pack_panels`) the panels are first packed,
     ``gpan`` at a time, each tap's ``NR`` columns contiguous, and the micro-kernel reads the packs.
+    With ``copies > 0`` (the kernel's ``KW``) the scratch is the column-shifted one of :func:`_fill_shifted`
+    (``copies`` per channel, rows ``wq = ow_`` long: no junk columns).  Where a panel's columns are one run of
+    each output plane (rows without junk columns) and its block holds ``MR`` channels, the micro-kernel stores
+    them there itself, bias added (:func:`._ukernel.tile_taps_out`: lenet1's forward 0.245 -> 0.21 ms, lenet2's
+    0.76 -> 0.74); a last panel of at most one vector of columns runs :func:`._ukernel.tile_taps_narrow`.
     """
     n_, c_ = x.shape[0], x.shape[1]
     nmb = ap.shape[1]
     nt = offs.shape[0]
     cg = c_ // groups
     mg = m_ // groups
-    plane = sh * sw * hq * wq
+    plane = (copies * sh if copies > 0 else sh * sw) * hq * wq
     nchunk = (oh_ + rows - 1) // rows
     zero = x.dtype.type(0)
+    lv = nr // _NV  # one vector of columns
     y = np.empty((n_, m_, oh_, ow_), dtype=x.dtype)
     yflat = y.reshape(n_ * m_ * oh_ * ow_)
     for t in prange(n_ * groups * nchunk):
@@ -544,7 +591,10 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
         else:
             s = np.empty(cg * plane + nr, dtype=x.dtype)
             s[cg * plane:] = 0  # (read only into junk columns)
-            _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt - oh0 * sh, pl, hq, wq)
+            if copies > 0:
+                _fill_shifted(s, x, n, g * cg, cg, copies, sh, sw, dw, pt - oh0 * sh, pl, hq, wq)
+            else:
+                _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt - oh0 * sh, pl, hq, wq)
         ct = np.empty(_MR * nr, dtype=x.dtype)
         plus = bias.shape[0] > 0
         npan = (jn + nr - 1) // nr
@@ -570,8 +620,15 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
                     j0 = pp * nr
                     j1 = min(j0 + nr, jn)
                     js = min(j0, jn - nr) if unpadded and jn >= nr else j0
+                    if wq == ow_ and mg - b * _MR >= _MR and js + nr <= jn:  # one run per channel: straight to y
+                        m = g * mg + b * _MR
+                        tile_taps_out(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, yflat,
+                                      ((n * m_ + m) * oh_ + oh0) * ow_ + js, oh_ * ow_, bias, m, plus, nt)
+                        continue
                     if mg - b * _MR <= _MR_FEW:  # a last block of few channels: those only
                         tile_taps_few(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
+                    elif j1 - j0 <= lv and js == j0:  # a last panel of one vector of columns: that only
+                        tile_taps_narrow(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
                     else:
                         tile_taps(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
                     for rr in range(j0 // wq, (j1 - 1) // wq + 1) if wq > ow_ else range(j0 // wq, j0 // wq + 1):
@@ -597,17 +654,46 @@ def _pack_weights(w2: np.ndarray, groups: int) -> np.ndarray:
 def _tiles_forward(x: np.ndarray, w: np.ndarray, cv: Conv, bias: np.ndarray | None = None) -> np.ndarray:
     """The convolution ``cv`` (with its pads on the top and left only; zeros beyond the input) by
     :func:`_forward_tiles_kernel`, plus ``bias``."""
-    rows, hq = _tiles_plan(cv, x.dtype.itemsize)
-    _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
-    unpadded = cv.sh == cv.sw == 1 and cv.pt == cv.pl == 0 and wq == cv.w
+    isz = x.dtype.itemsize
+    rows, hq = _tiles_plan(cv, isz)
+    copies, wq = _layout(cv, isz)
+    unpadded = _in_place(cv, copies, wq)
     if unpadded:
         hq = cv.h
-    offs = _forward_taps(cv.cg, cv.kh, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, hq, wq)
+    offs = _forward_taps(cv.cg, cv.kh, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, hq, wq, copies)
     ap = _pack_weights(w.reshape(cv.m, cv.cg * cv.kk), cv.g)
-    nr = _NR32 if x.dtype.itemsize == 4 else _NR64
+    nr = _NR32 if isz == 4 else _NR64
     return _run(_forward_tiles_kernel, x, ap, offs, cv.m, cv.sh, cv.sw, cv.pt, cv.pl, cv.g, hq, wq, cv.oh, cv.ow,
-                rows, unpadded, nr, _pack_panels(cv, nr, x.dtype.itemsize),
-                _bias_or_empty(bias, x.dtype))
+                rows, unpadded, nr, _pack_panels(cv, nr, isz), copies, cv.dw, _bias_or_empty(bias, x.dtype))
+
+
+#: :func:`_layout` takes the column-shifted scratch where the polyphase one's rows would hold at least this fraction of
+#: junk columns, and where the shifted scratch's lines one panel reads over all its taps take at most
+#: ``_SHIFT_BYTES``: each tap reads lines of its own there (in the polyphase scratch a row's taps share theirs), and
+#: where they spill from L2 the saving was lost (direct forward, ms, polyphase -> shifted: lenet2 0.835 -> 0.801,
+#: 125 KB per panel; res3x3_56 5.05 -> 5.41, 147 KB; res3x3_14 6.27 -> 6.82; stem7x7 5.51 -> 6.46).
+_SHIFT_JUNK = 0.1
+_SHIFT_BYTES = 128 * 1024
+
+
+def _layout(cv: Conv, isz: int) -> tuple[int, int]:
+    """(copies, row length) of the micro-kernel forward's scratch: ``(0, wq)`` the polyphase layout of
+    :func:`_fill_polyphase` (rows ``wq >= OW`` long: junk columns), ``(KW, OW)`` the column-shifted one of
+    :func:`_fill_shifted` (no junk columns, ``KW / sw`` times the elements to copy)."""
+    _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
+    nr = _NR32 if isz == 4 else _NR64
+    lines = cv.cg * cv.kk * (nr * isz // 64 + 1)
+    if wq > cv.ow and wq - cv.ow >= _SHIFT_JUNK * wq and lines * 64 <= _SHIFT_BYTES:
+        return cv.kw, cv.ow
+    return 0, wq
+
+
+def _in_place(cv: Conv, copies: int, wq: int) -> bool:
+    """Whether :func:`_forward_tiles_kernel` reads the input planes themselves (stride 1, no padding, the
+    polyphase layout with rows as long as the input's)."""
+    return copies == 0 and cv.sh == cv.sw == 1 and cv.pt == cv.pl == 0 and wq == cv.w
+
+
 
 
 def _pack_panels(cv: Conv, nr: int, isz: int) -> int:
@@ -634,10 +720,11 @@ def _flipped(w: np.ndarray, g: int) -> np.ndarray:
     return np.ascontiguousarray(wf).reshape(g * cg, m // g, kh, kw)
 
 
-def _use_tiles(cv: Conv) -> bool:
+def _use_tiles(cv: Conv, isz: int) -> bool:
     """Whether :func:`forward` runs the micro-kernel: enough output channels to fill its registers, enough taps
-    to amortise its stores (lenet1, one channel and 25 taps, ran 1.5x faster with _pass4)."""
-    return cv.mg >= _MR // 2 and cv.cg * cv.kk >= 32
+    to amortise its stores: 32, or 16 over the column-shifted scratch (lenet1, one channel and 25 taps: 0.32 ms
+    over the polyphase scratch, 0.245 with _pass4, 0.21 over the shifted one; 9 taps: 0.24 against 0.18)."""
+    return cv.mg >= _MR // 2 and (cv.cg * cv.kk >= 32 or (cv.cg * cv.kk >= 16 and _layout(cv, isz)[0] > 0))
 
 
 def _tiles_plan(cv: Conv, isz: int) -> tuple[int, int]:
@@ -654,9 +741,9 @@ def _tiles_plan(cv: Conv, isz: int) -> tuple[int, int]:
 @functools.lru_cache(maxsize=256)
 def _tiles_plan_for(cv: Conv, isz: int, threads: int) -> tuple[int, int]:
     nr = _NR32 if isz == 4 else _NR64
-    _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
+    copies, wq = _layout(cv, isz)
     reach = (cv.kh - 1) * cv.dh // cv.sh
-    per_row = cv.cg * cv.sh * cv.sw * wq  # scratch elements per output row
+    per_row = cv.cg * cv.sh * (copies or cv.sw) * wq  # scratch elements per output row
     best, rows = None, 1
     for r in sorted({-(-cv.oh // k) for k in range(1, cv.oh + 1)}, reverse=True):
         if r > 1 and (r + reach) * per_row * isz > _SCRATCH_L2:
@@ -673,7 +760,7 @@ def tiles_macs(cv: Conv, isz: int) -> int:
     """Multiply-adds :func:`_forward_tiles_kernel` executes for ``cv`` (whole panels and channel blocks)."""
     nr = _NR32 if isz == 4 else _NR64
     rows, _ = _tiles_plan(cv, isz)
-    _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
+    _, wq = _layout(cv, isz)
     full, last = divmod(cv.oh, rows)
     panels = full * -(-((rows - 1) * wq + cv.ow) // nr) + (-(-((last - 1) * wq + cv.ow) // nr) if last else 0)
     return cv.n * cv.g * panels * nr * -(-cv.mg // _MR) * _MR * cv.cg * cv.kk
@@ -685,17 +772,23 @@ def _blocks(k: int, d: int, s: int, before: int, out: int) -> tuple[int, int]:
     return need, -(-need // s)
 
 
-def _forward_taps(cg: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, hq: int, wq: int) -> np.ndarray:
-    """Offsets of every tap (c, kh, kw), in that order, into the polyphase scratch of ``_fill_polyphase`` (a new
-    array each call, from a cache: building it took ~20 us, 5 % of lenet1's forward)."""
-    return _forward_taps_cached(cg, kh, kw, sh, sw, dh, dw, hq, wq).copy()
+def _forward_taps(cg: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, hq: int, wq: int,
+                  copies: int = 0) -> np.ndarray:
+    """Offsets of every tap (c, kh, kw), in that order, into the polyphase scratch of ``_fill_polyphase`` (with
+    ``copies``: the column-shifted one of ``_fill_shifted``, rows ``wq`` long); a new array each call, from a
+    cache: building it took ~20 us, 5 % of lenet1's forward."""
+    return _forward_taps_cached(cg, kh, kw, sh, sw, dh, dw, hq, wq, copies).copy()
 
 
 @functools.lru_cache(maxsize=64)
-def _forward_taps_cached(cg: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, hq: int, wq: int):
+def _forward_taps_cached(cg: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, hq: int, wq: int,
+                         copies: int):
     blk = hq * wq
     c, i, j = np.meshgrid(np.arange(cg), np.arange(kh) * dh, np.arange(kw) * dw, indexing="ij")
-    off = c * (sh * sw * blk) + ((i % sh) * sw + j % sw) * blk + (i // sh) * wq + j // sw
+    if copies:  # tap column k reads copy k; its rows by phase
+        off = ((c * kw + j // dw) * sh + i % sh) * blk + (i // sh) * wq
+    else:
+        off = c * (sh * sw * blk) + ((i % sh) * sw + j % sw) * blk + (i // sh) * wq + j // sw
     off = np.ascontiguousarray(off.reshape(-1), dtype=np.int64)
     off.flags.writeable = False  # (the cache's copy; callers get their own)
     return off
@@ -722,7 +815,7 @@ def forward(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, out_hw: Pair, bias
     nparts = _parts(n * g, m // g)
     w2 = w.reshape(m, cg * kh * kw)
     cv = conv_of(x.shape, w.shape, geom, out_hw)
-    if _use_tiles(cv):
+    if _use_tiles(cv, x.dtype.itemsize):
         return _tiles_forward(x, w, cv, bias)
     if (sh, sw) == (1, 1) and geom.pad[2] + geom.pad[3] == (kw - 1) * dw and ow == x.shape[3]:
         # each output row as long as an input row: runs straight from x into y, borders exact
@@ -1095,7 +1188,7 @@ def _use_data_gemm(cv: Conv, isz: int) -> bool:
     if cv.mg < _MR // 2 or cv.n == 0 or cv.oh <= 0 or cv.ow <= 0:
         return False
     adj = _adjoint(cv)
-    return adj is None or not _use_tiles(adj) or data_gemm_macs(cv, isz) < 0.75 * tiles_macs(adj, isz)
+    return adj is None or not _use_tiles(adj, isz) or data_gemm_macs(cv, isz) < 0.75 * tiles_macs(adj, isz)
 
 
 def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair) -> np.ndarray:
@@ -1117,7 +1210,7 @@ def backward_data(dy: np.ndarray, w: np.ndarray, geom: ConvGeometry, x_hw: Pair)
         chunk = max(nr, _DATA_L1 // (mg * dy.dtype.itemsize) // nr * nr)
         return _run(_data_gemm_kernel, dy, _pack_taps(w, g), g, cg, h, wd_, kh, kw, sh, sw, dh, dw, pt, pl, nr, chunk)
     adj = _adjoint(cv)
-    if adj is not None and _use_tiles(adj):
+    if adj is not None and _use_tiles(adj, dy.dtype.itemsize):
         return _tiles_forward(dy, _flipped(w, g), adj)
     if (sh, sw) == (1, 1) and geom.pad[2] + geom.pad[3] == (kw - 1) * dw and wd_ == ow:
         # dx rows as long as dy rows: the forward's same-width kernel on dy with the flipped kernel
@@ -1528,16 +1621,17 @@ def forward_bound(cv: Conv, isz: int) -> int:
         return 0
     cg, mg, g, kk = cv.cg, cv.mg, cv.g, cv.kk
     nt = cg * kk
-    if _use_tiles(cv):
+    if _use_tiles(cv, isz):
         nr = _NR32 if isz == 4 else _NR64
         rows, hq = _tiles_plan(cv, isz)
-        _, wq = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)
-        if cv.sh == cv.sw == 1 and cv.pt == cv.pl == 0 and wq == cv.w:
+        copies, wq = _layout(cv, isz)
+        if _in_place(cv, copies, wq):
             hq = cv.h  # (in place, or a whole-plane scratch when a chunk is narrower than a panel)
         packed = g * -(-mg // _MR) * _MR * nt * isz * 2  # the packed weights and their zero-padded copy
         tasks = cv.n * g * -(-cv.oh // rows)
         panels = _pack_panels(cv, nr, isz) * nt * nr + -(-nt * 8 // isz)  # (packed panels, their tap offsets)
-        return _IDX * nt * 8 + packed + _per_tasks(tasks, cg * cv.sh * cv.sw * hq * wq + nr + _MR * nr + panels, isz)
+        scratch = cg * cv.sh * (copies or cv.sw) * hq * wq
+        return _IDX * nt * 8 + packed + _per_tasks(tasks, scratch + nr + _MR * nr + panels, isz)
     nparts = _parts(cv.n * g, mg)
     tasks = cv.n * g * nparts
     if cv.sh == cv.sw == 1 and cv.ow == cv.w:  # _same_width: per task the input columns its border columns read
@@ -1566,7 +1660,7 @@ def backward_data_bound(cv: Conv, isz: int) -> int:
         per = mg * cv.oh * _data_rows(cv) + nr + 2 * mg + _MR * nr + phases
         return 2 * packed + 6 * 8 * cg * kk + _per_tasks(cv.n * g, per, isz)  # (+ the six per-tap tables)
     adj = _adjoint(cv)
-    if adj is not None and _use_tiles(adj):
+    if adj is not None and _use_tiles(adj, isz):
         return wcopy + forward_bound(adj, isz)
     if cv.sh == cv.sw == 1 and cv.w == cv.ow:  # _same_width on dy
         return wcopy + _IDX * nt * 8 + _per_tasks(tasks, 2 * nt, 8)
