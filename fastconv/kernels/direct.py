@@ -61,12 +61,20 @@ from .._options import TRUE, kernel, parallel_kernel
 from .._params import ConvGeometry, Pair
 from .._registry import Strategy, register
 from .._threads import get_num_threads
-from ._tiles import _U, Conv, _add, _valid_cols, conv_of
+from ._tiles import _U, Conv, _add, conv_of
 from ._ukernel import DT as _DT
 from ._ukernel import MR as _MR
 from ._ukernel import MR_FEW as _MR_FEW
 from ._ukernel import NV as _NV
-from ._ukernel import columns, tile_dots, tile_taps, tile_taps_few, tile_taps_narrow, tile_taps_out, wide_vectors
+from ._ukernel import (
+    columns,
+    tile_dots,
+    tile_taps,
+    tile_taps_few,
+    tile_taps_narrow,
+    tile_taps_out,
+    wide_vectors,
+)
 
 #: Elements of one accumulation run (rows of output are grouped into runs of about this length).
 _RUN = 4096
@@ -424,40 +432,29 @@ def _fill_polyphase(s, x, n, c0, cg, sh, sw, pt, pl, hq, wq):
 
 
 @kernel
-def _fill_shifted(s, x, n, c0, cg, kw_, sh, sw, dw, pt, pl, hq, ow_):
-    """Channels ``c0:c0+cg`` of image ``n``, zero-padded by (pt, pl), as ``kw_`` column-shifted copies per
-    channel, each split into ``sh`` row phases of ``hq x ow_``: ``s[((c*kw_ + k)*sh + a)*hq*ow_ + r*ow_ + o]``
-    holds padded pixel ``(r*sh + a, o*sw + k*dw)`` (tap column ``k``'s input for output column ``o``).
+def _fill_shifted(s, t, t0, tblk, cg, kw_, sh, sw, dw, hq, nrow, wq, ow_):
+    """The column-shifted scratch from a polyphase one: ``s[((c*kw_ + k)*sh + a)*hq*ow_ + r*ow_ + o]`` =
+    ``t[t0 + (c*sh*sw + a*sw + b)*tblk + r*wq + q + o]`` for rows ``r < nrow`` (``<= hq``), with ``b, q`` the phase
+    and block column of tap column ``k`` (``k*dw = q*sw + b``): tap column ``k``'s input for output column ``o``,
+    row phase ``a``.
 
-    Flat indices (unsigned): written with slices and the strides unknown at compile time, the loops ran
-    6-8x slower on lenet2's rows of 8 (0.93 against 0.12 ms for its 64 images)."""
-    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
-    xf = x.reshape(x.size)
-    zero = s.dtype.type(0)
+    ``t`` is :func:`_fill_polyphase`'s scratch (rows ``wq`` long), or the input planes themselves (stride 1, no
+    padding), so the copies are plain runs: a fill of its own from ``x`` (zeros, bounds, strides), inlined into
+    the kernel next to :func:`_fill_polyphase`, made the cold compile of every kernel 3 s longer (56.3 against
+    53.0 s).  The rows ``nrow <= r < hq`` are left as they are (read only into columns past the chunk's outputs).
+    """
     for c in range(cg):
         for k in range(kw_):
-            lo, hi = _valid_cols(w_, ow_, sw, k * dw - pl)
+            b = k * dw % sw
+            q = k * dw // sw
             for a in range(sh):
-                base = ((c * kw_ + k) * sh + a) * hq * ow_
-                for r in range(hq):
-                    d = _U(base + r * ow_)
-                    ih = r * sh + a - pt
-                    if ih < 0 or ih >= h_:
-                        for o in range(ow_):
-                            s[d + _U(o)] = zero
-                        continue
-                    for o in range(lo):
-                        s[d + _U(o)] = zero
-                    src = _U(((n * c_ + c0 + c) * h_ + ih) * w_ + lo * sw + k * dw - pl)
-                    dl = d + _U(lo)
-                    if sw == 1:
-                        for o in range(hi - lo):
-                            s[dl + _U(o)] = xf[src + _U(o)]
-                    else:
-                        for o in range(hi - lo):
-                            s[dl + _U(o)] = xf[src + _U(o * sw)]
-                    for o in range(hi, ow_):
-                        s[d + _U(o)] = zero
+                src = t0 + (c * sh * sw + a * sw + b) * tblk + q
+                dst = ((c * kw_ + k) * sh + a) * hq * ow_
+                for r in range(nrow):
+                    d = _U(dst + r * ow_)
+                    f = _U(src + r * wq)
+                    for o in range(ow_):
+                        s[d + _U(o)] = t[f + _U(o)]
 
 
 # --------------------------------------------------------------------------- forward
@@ -547,7 +544,7 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
 
 @parallel_kernel
 def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, unpadded, nr, gpan,
-                          copies, dw, bias):
+                          copies, dw, wqp, bias):
     """Forward by the register-blocked micro-kernel :func:`._ukernel.tile_taps`.
 
     One task per (image, group, chunk of ``rows`` output rows): the task fills the polyphase
@@ -591,10 +588,16 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
         else:
             s = np.empty(cg * plane + nr, dtype=x.dtype)
             s[cg * plane:] = 0  # (read only into junk columns)
+            # the shifted copies are taken from the input planes in place, or from a polyphase scratch (rows wqp long)
+            h_ = x.shape[2]
+            from_x = copies > 0 and sh == sw == 1 and pt == pl == 0 and wqp == x.shape[3]
+            tp = np.empty(cg * sh * sw * hq * wqp if copies > 0 and not from_x else 0, dtype=x.dtype)
+            if not from_x:  # (one call site each: every inlined copy of a fill costs compile time)
+                _fill_polyphase(tp if copies > 0 else s, x, n, g * cg, cg, sh, sw, pt - oh0 * sh, pl, hq, wqp)
             if copies > 0:
-                _fill_shifted(s, x, n, g * cg, cg, copies, sh, sw, dw, pt - oh0 * sh, pl, hq, wq)
-            else:
-                _fill_polyphase(s, x, n, g * cg, cg, sh, sw, pt - oh0 * sh, pl, hq, wq)
+                _fill_shifted(s, x[n].reshape(c_ * h_ * wqp) if from_x else tp,
+                              (g * cg * h_ + oh0) * wqp if from_x else 0, h_ * wqp if from_x else hq * wqp, cg,
+                              copies, sh, sw, dw, hq, min(hq, h_ - oh0) if from_x else hq, wqp, wq)
         ct = np.empty(_MR * nr, dtype=x.dtype)
         plus = bias.shape[0] > 0
         npan = (jn + nr - 1) // nr
@@ -629,8 +632,9 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
                         tile_taps_few(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
                     elif j1 - j0 <= lv and js == j0:  # a last panel of one vector of columns: that only
                         tile_taps_narrow(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
-                    else:
-                        tile_taps(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
+                    else:  # (tile_taps_out into the tile buffer: one inlined copy of the full micro-kernel, not two)
+                        tile_taps_out(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, 0, nr, bias,
+                                      0, False, nt)
                     for rr in range(j0 // wq, (j1 - 1) // wq + 1) if wq > ow_ else range(j0 // wq, j0 // wq + 1):
                         lo = max(j0, rr * wq)  # the valid columns out, row by row (no junk columns: as one run)
                         hi = min(j1, rr * wq + ow_) if wq > ow_ else j1
@@ -663,8 +667,9 @@ def _tiles_forward(x: np.ndarray, w: np.ndarray, cv: Conv, bias: np.ndarray | No
     offs = _forward_taps(cv.cg, cv.kh, cv.kw, cv.sh, cv.sw, cv.dh, cv.dw, hq, wq, copies)
     ap = _pack_weights(w.reshape(cv.m, cv.cg * cv.kk), cv.g)
     nr = _NR32 if isz == 4 else _NR64
+    wqp = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)[1]  # (the polyphase rows the shifted copies are taken from)
     return _run(_forward_tiles_kernel, x, ap, offs, cv.m, cv.sh, cv.sw, cv.pt, cv.pl, cv.g, hq, wq, cv.oh, cv.ow,
-                rows, unpadded, nr, _pack_panels(cv, nr, isz), copies, cv.dw, _bias_or_empty(bias, x.dtype))
+                rows, unpadded, nr, _pack_panels(cv, nr, isz), copies, cv.dw, wqp, _bias_or_empty(bias, x.dtype))
 
 
 #: :func:`_layout` takes the column-shifted scratch where the polyphase one's rows would hold at least this fraction of
@@ -1631,6 +1636,9 @@ def forward_bound(cv: Conv, isz: int) -> int:
         tasks = cv.n * g * -(-cv.oh // rows)
         panels = _pack_panels(cv, nr, isz) * nt * nr + -(-nt * 8 // isz)  # (packed panels, their tap offsets)
         scratch = cg * cv.sh * (copies or cv.sw) * hq * wq
+        if copies:  # (and the polyphase scratch the shifted copies are taken from)
+            wqp = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)[1]
+            scratch += cg * cv.sh * cv.sw * hq * wqp + wqp
         return _IDX * nt * 8 + packed + _per_tasks(tasks, scratch + nr + _MR * nr + panels, isz)
     nparts = _parts(cv.n * g, mg)
     tasks = cv.n * g * nparts
