@@ -119,9 +119,16 @@ CASES = {
     "shifted_dilated_asymmetric": ((2, 2, 11, 12), (6, 2, 3, 3), dict(pad=((2, 1), (0, 2)), dilation=2)),
     "shifted_grouped": ((2, 8, 10, 9), (8, 4, 3, 3), dict(pad=1, groups=2)),
     "shifted_tall": ((1, 4, 30, 9), (8, 4, 3, 3), dict(pad=1)),
+    # the micro-kernel forward with its panels within output rows (rows of junk columns, at least one panel wide:
+    # the full panels' outputs go straight into y): read in place (a block of two channels left over), padded, and
+    # stem-like (112 columns: 48 + 48 + a one-vector panel at 512 bits)
+    "row_panels_in_place": ((2, 4, 6, 98), (10, 4, 3, 3), dict()),
+    "row_panels_padded": ((2, 4, 5, 96), (8, 4, 3, 3), dict(pad=1)),
+    "row_panels_stem_like": ((1, 3, 7, 224), (9, 3, 7, 7), dict(stride=2, pad=3)),
 }
 UKERNEL = [c for c in CASES if c.startswith("ukernel")]
 SHIFTED = [c for c in CASES if c.startswith("shifted")]
+ROW_PANELS = [c for c in CASES if c.startswith("row_panels")]
 FILTER_GEMM = [c for c in CASES if c.startswith("filter_gemm")]
 DATA_GEMM = [c for c in CASES if c.startswith("data_gemm")]
 
@@ -236,6 +243,21 @@ def test_shifted_layout_is_taken(case, dtype):
         lanes = _ukernel.lanes(4)
         if case == "shifted_lenet2_like":  # 64 columns: a last panel of one vector (at 256 bits: two full)
             assert cv.oh * cv.ow % direct._NR32 <= lanes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ROW_PANELS)
+def test_row_panels_are_taken(case, dtype):
+    """The row_panels cases run the micro-kernel forward over the polyphase scratch with panels within rows."""
+    cv = _geometry(case)
+    isz = np.dtype(dtype).itemsize
+    copies, wq = direct._layout(cv, isz)
+    assert copies == 0 and wq > cv.ow and direct._row_panels(cv, isz, wq) == -(-cv.ow // (direct._NR32 if isz == 4
+                                                                                          else direct._NR64))
+    xs, ws, kw = CASES[case]
+    _, calls = launched_kernels(lambda: fastconv.conv2d(np.ones(xs, dtype), np.ones(ws, dtype), **kw,
+                                                        strategy="direct"))
+    assert calls == [direct._forward_tiles_kernel]
 
 
 @pytest.fixture
@@ -417,7 +439,7 @@ def test_backward_filter_junk_columns_never_touch_nonfinite_input(value, where):
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
 @pytest.mark.parametrize("case", ["dw3x3_same_odd_width", "stem_like", "lenet1_like", "grouped_cg2",
                                   "ukernel_3x3_pad1", "ukernel_1x1_in_place", "ukernel_tall", *FILTER_GEMM, *DATA_GEMM,
-                                  "shifted_lenet2_like", "shifted_tall"])
+                                  "shifted_lenet2_like", "shifted_tall", *ROW_PANELS])
 def test_direct_bit_identical_for_one_and_two_threads(case, restore_threads):
     xs, ws, kw = CASES[case]
     xs = (9,) + xs[1:]  # more images than _NBLOCKS: backward_filter's image blocks hold several

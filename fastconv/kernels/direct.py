@@ -544,7 +544,7 @@ def _forward_kernel(x, w2, offs, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, npart
 
 @parallel_kernel
 def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, ow_, rows, unpadded, nr, gpan,
-                          copies, dw, wqp, bias):
+                          copies, dw, wqp, ppr, bias):
     """Forward by the register-blocked micro-kernel :func:`._ukernel.tile_taps`.
 
     One task per (image, group, chunk of ``rows`` output rows): the task fills the polyphase
@@ -559,10 +559,12 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
     copied out.  With ``gpan > 0`` (1x1 kernels, :func:`_pack_panels`) the panels are first packed,
     ``gpan`` at a time, each tap's ``NR`` columns contiguous, and the micro-kernel reads the packs.
     With ``copies > 0`` (the kernel's ``KW``) the scratch is the column-shifted one of :func:`_fill_shifted`
-    (``copies`` per channel, rows ``wq = ow_`` long: no junk columns).  Where a panel's columns are one run of
-    each output plane (rows without junk columns) and its block holds ``MR`` channels, the micro-kernel stores
-    them there itself, bias added (:func:`._ukernel.tile_taps_out`: lenet1's forward 0.245 -> 0.21 ms, lenet2's
-    0.76 -> 0.74); a last panel of at most one vector of columns runs :func:`._ukernel.tile_taps_narrow`.
+    (``copies`` per channel, rows ``wq = ow_`` long: no junk columns).  With ``ppr > 0`` the panels lie within
+    output rows (:func:`_row_panels`), ``ppr`` per row.  Where a panel's columns are one run of each output plane
+    (rows without junk columns, or a full panel within a row) and its block holds ``MR`` channels, the
+    micro-kernel stores them there itself, bias added (:func:`._ukernel.tile_taps_out`: lenet1's forward
+    0.245 -> 0.21 ms, lenet2's 0.76 -> 0.74); a last panel of at most one vector of columns runs
+    :func:`._ukernel.tile_taps_narrow`.
     """
     n_, c_ = x.shape[0], x.shape[1]
     nmb = ap.shape[1]
@@ -600,7 +602,7 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
                               copies, sh, sw, dw, hq, min(hq, h_ - oh0) if from_x else hq, wqp, wq)
         ct = np.empty(_MR * nr, dtype=x.dtype)
         plus = bias.shape[0] > 0
-        npan = (jn + nr - 1) // nr
+        npan = nrow * ppr if ppr > 0 else (jn + nr - 1) // nr
         pack = gpan > 0
         grp = min(gpan, npan) if pack else npan
         bp = np.empty(grp * nt * nr if pack else 0, dtype=x.dtype)
@@ -610,7 +612,7 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
         for p0 in range(0, npan, grp):
             p1 = min(p0 + grp, npan)
             for pp in range(p0, p1 if pack else p0):  # pack the group's panels: each tap's NR columns in a row
-                j0 = pp * nr
+                j0 = (pp // ppr) * wq + (pp % ppr) * nr if ppr > 0 else pp * nr
                 js = min(j0, jn - nr) if unpadded and jn >= nr else j0  # (in place: never read past the planes)
                 for k in range(nt):
                     src = s[offs[k] + js:]
@@ -620,13 +622,19 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
             panels = bp if pack else s
             for b in range(nmb):
                 for pp in range(p0, p1):
-                    j0 = pp * nr
-                    j1 = min(j0 + nr, jn)
+                    if ppr > 0:  # panels within rows: ppr per row, the last one of a row partial
+                        j0 = (pp // ppr) * wq + (pp % ppr) * nr
+                        j1 = min(j0 + nr, (pp // ppr) * wq + ow_)
+                    else:
+                        j0 = pp * nr
+                        j1 = min(j0 + nr, jn)
                     js = min(j0, jn - nr) if unpadded and jn >= nr else j0
-                    if wq == ow_ and mg - b * _MR >= _MR and js + nr <= jn:  # one run per channel: straight to y
+                    whole = js + nr <= jn if wq == ow_ else js % wq + nr <= ow_  # one run of each plane
+                    if whole and mg - b * _MR >= _MR:  # a full block: straight into y
                         m = g * mg + b * _MR
                         tile_taps_out(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, yflat,
-                                      ((n * m_ + m) * oh_ + oh0) * ow_ + js, oh_ * ow_, bias, m, plus, nt)
+                                      ((n * m_ + m) * oh_ + oh0) * ow_ + js - js // wq * (wq - ow_), oh_ * ow_, bias,
+                                      m, plus, nt)
                         continue
                     if mg - b * _MR <= _MR_FEW:  # a last block of few channels: those only
                         tile_taps_few(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
@@ -669,7 +677,27 @@ def _tiles_forward(x: np.ndarray, w: np.ndarray, cv: Conv, bias: np.ndarray | No
     nr = _NR32 if isz == 4 else _NR64
     wqp = _blocks(cv.kw, cv.dw, cv.sw, cv.pl, cv.ow)[1]  # (the polyphase rows the shifted copies are taken from)
     return _run(_forward_tiles_kernel, x, ap, offs, cv.m, cv.sh, cv.sw, cv.pt, cv.pl, cv.g, hq, wq, cv.oh, cv.ow,
-                rows, unpadded, nr, _pack_panels(cv, nr, isz), copies, cv.dw, wqp, _bias_or_empty(bias, x.dtype))
+                rows, unpadded, nr, _pack_panels(cv, nr, isz), copies, cv.dw, wqp, _row_panels(cv, isz, wq),
+                _bias_or_empty(bias, x.dtype))
+
+
+#: A panel of one vector of columns (:func:`._ukernel.tile_taps_narrow`) costs about this fraction of a full one.
+_NARROW_COST = 0.4
+
+
+def _row_panels(cv: Conv, isz: int, wq: int) -> int:
+    """Panels per output row of :func:`_forward_tiles_kernel` (0: panels across rows).
+
+    Rows with junk columns (``wq > OW``) at least one panel wide take panels within rows where that computes no
+    more than 5 % more (a last partial panel of a row costs :data:`_NARROW_COST` of a full one if it is one vector
+    wide, else a full one): the full panels' outputs then go straight into ``y``, not through a tile copied out
+    (stem7x7: 112 columns = 48 + 48 + 16 in rows of 115)."""
+    nr = _NR32 if isz == 4 else _NR64
+    if wq == cv.ow or cv.ow < nr:
+        return 0
+    full, rest = divmod(cv.ow, nr)
+    cost = full + (0 if rest == 0 else _NARROW_COST if rest <= nr // _NV else 1)
+    return -(-cv.ow // nr) if cost <= 1.05 * wq / nr else 0
 
 
 #: :func:`_layout` takes the column-shifted scratch where the polyphase one's rows would hold at least this fraction of
