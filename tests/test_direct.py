@@ -88,6 +88,10 @@ CASES = {
     "ukernel_last_block_few": ((2, 8, 9, 10), (10, 8, 3, 3), dict(pad=1)),
     "ukernel_grouped_last_one": ((2, 12, 7, 9), (18, 6, 3, 3), dict(pad=1, groups=2)),
     "ukernel_last_one_every_width": ((2, 8, 7, 8), (25, 8, 3, 3), dict(pad=1)),  # 25 = 3*8 + 1 = 4*6 + 1 = 6*4 + 1
+    # a last block of more than MR / 4 and at most MR / 2 channels (tile_taps_half): 20 = 2*8 + 4 = 3*6 + 2 (and 5*4),
+    # 26 = 4*6 + 2 = 6*4 + 2 (and 3*8 + 2, a block of MR / 4)
+    "ukernel_last_block_half": ((2, 8, 9, 10), (20, 8, 3, 3), dict(pad=1)),
+    "ukernel_last_block_half_narrow": ((2, 8, 7, 9), (26, 8, 3, 3), dict(pad=1)),
     # many channels: backward_data by the adjoint forward at every vector width (Z = Wᵀ dy would do as many
     # multiply-adds, plus its additions)
     "ukernel_many_channels": ((1, 64, 10, 10), (64, 64, 3, 3), dict(pad=1)),

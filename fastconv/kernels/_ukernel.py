@@ -26,8 +26,8 @@ The other intrinsics here, likewise explicit vector code:
   "direct"'s weight gradient), vector accumulators summed over the lanes in a fixed order;
 * :func:`input_tiles` / :func:`output_tiles` -- "winograd"'s input and output transforms of
   ``lanes`` tiles two columns apart (even and odd lanes split / interleaved by shuffles);
-* :func:`tile_taps_narrow` / :func:`tile_taps_few` -- :func:`tile_taps` on one vector of columns / on
-  ``MR_FEW`` output channels (a last panel or block that holds no more);
+* :func:`tile_taps_narrow` / :func:`tile_taps_few` / :func:`tile_taps_half` -- :func:`tile_taps` on one vector
+  of columns / on ``MR_FEW`` or ``MR_HALF`` output channels (a last panel or block that holds no more);
 * :func:`tile_taps_out` -- :func:`tile_taps` storing into the output planes (plus the bias), no tile buffer;
 * :func:`wide_vectors` -- the function attribute that lets LLVM vectorise a kernel's own loops with
   512-bit vectors (it prefers 256-bit ones on AVX-512 CPUs).
@@ -242,6 +242,21 @@ def tile_taps_few(typingctx, ap, s, base, offs, ct, kc, accumulate):
         return None
     return (types.void(ap, s, base, offs, ct, kc, accumulate),
             _codegen(lanes(isz), isz, mr=MR_FEW, tap_stride=MR))
+
+
+#: Output channels of :func:`tile_taps_half`.
+MR_HALF = max(1, MR // 2)
+
+
+@intrinsic
+def tile_taps_half(typingctx, ap, s, base, offs, ct, kc, accumulate):
+    """:func:`tile_taps_few` with ``MR_HALF`` output channels: for a last block of more than ``MR_FEW`` but at most
+    that many (lenet1's 20 channels: two blocks of 8 and one of 4).  The sums are the same, tap by tap."""
+    isz = _float_arrays(ap, s, ct)
+    if isz is None or not isinstance(offs, types.Array):
+        return None
+    return (types.void(ap, s, base, offs, ct, kc, accumulate),
+            _codegen(lanes(isz), isz, mr=MR_HALF, tap_stride=MR))
 
 
 #: Vectors of output columns per :func:`tile_taps_lda` call (two: its user, Winograd's weight gradient, has

@@ -65,12 +65,14 @@ from ._tiles import _U, Conv, _add, conv_of
 from ._ukernel import DT as _DT
 from ._ukernel import MR as _MR
 from ._ukernel import MR_FEW as _MR_FEW
+from ._ukernel import MR_HALF as _MR_HALF
 from ._ukernel import NV as _NV
 from ._ukernel import (
     columns,
     tile_dots,
     tile_taps,
     tile_taps_few,
+    tile_taps_half,
     tile_taps_narrow,
     tile_taps_out,
     wide_vectors,
@@ -638,6 +640,8 @@ def _forward_tiles_kernel(x, ap, offs, m_, sh, sw, pt, pl, groups, hq, wq, oh_, 
                         continue
                     if mg - b * _MR <= _MR_FEW:  # a last block of few channels: those only
                         tile_taps_few(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
+                    elif mg - b * _MR <= _MR_HALF:
+                        tile_taps_half(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
                     elif j1 - j0 <= lv and js == j0:  # a last panel of one vector of columns: that only
                         tile_taps_narrow(ap[g, b], panels, (pp - p0) * nt * nr if pack else js, poffs, ct, nt, False)
                     else:  # (tile_taps_out into the tile buffer: one inlined copy of the full micro-kernel, not two)
