@@ -203,15 +203,18 @@ def test_direct_scratch_does_not_grow_with_the_batch(prim):
 
 
 # direct's scratch bound (kernels/direct.py *_bound) against the measured peak: the layer above, a strided one, a
-# depthwise one, a small grouped one with dilation and a lenet2-like one (each path of the primitives: micro-kernel
-# forward, polyphase, same-width, weight gradient by GEMMs on channel-last copies or by dots, backward_data as
-# Z = Wᵀ·dy at stride 1 and strided).
+# depthwise one, a small grouped one with dilation, a lenet2-like one, a padded strided one with few taps and a
+# stem-like one (each path of the primitives: micro-kernel forward over the polyphase or the column-shifted
+# scratch, panels within rows, polyphase, same-width, weight gradient by GEMMs on channel-last copies or by dots,
+# backward_data as Z = Wᵀ·dy at stride 1 and strided).
 DIRECT_SHAPES = [  # (N, C, H, W, M, K, stride, pad, dilation, groups)
     (N, C, H, W, M, K, 1, 1, 1, 1),
     (8, 16, 20, 20, 16, 3, 2, 1, 1, 1),
     (2, 32, 56, 56, 32, 3, 1, 1, 1, 32),
     (3, 4, 9, 9, 6, 3, 1, 0, 2, 2),
     (16, 20, 12, 12, 50, 5, 1, 0, 1, 1),
+    (4, 3, 15, 13, 8, 5, 2, 2, 1, 1),  # the column-shifted scratch taken from a polyphase one
+    (2, 3, 13, 224, 9, 7, 2, 3, 1, 1),  # panels within rows
 ]
 
 
